@@ -1,0 +1,3 @@
+from raylit.loggers.base import DummyLogger, Logger
+
+__all__ = ["DummyLogger", "Logger"]

@@ -1,0 +1,69 @@
+"""Where a run executes: rank, world size, device, and the collectives the loop needs.
+
+The loop only talks to a ``Runtime``. ``Runtime`` itself is the single-process implementation (no
+torch.distributed); ``raylit.distributed.DistributedRuntime`` implements the same methods over an initialised
+torch.distributed process group (set up by Ray Train on each worker). Nothing here imports Ray.
+"""
+
+from contextlib import nullcontext
+from typing import Any, ContextManager
+
+import torch
+from torch import nn
+
+
+class Runtime:
+    global_rank = 0
+    local_rank = 0
+    node_rank = 0
+    world_size = 1
+    num_nodes = 1
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    # --- collectives (identity when there is one process) -------------------------------------------
+    def barrier(self, name: str | None = None) -> None:
+        pass
+
+    def reduce(self, tensor: torch.Tensor, reduce_fx: str = "mean") -> torch.Tensor:
+        """Reduce ``tensor`` across ranks with "mean", "sum", "max" or "min"."""
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Stack ``tensor`` from every rank along a new leading dim (no new dim when not distributed)."""
+        return tensor
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return decision
+
+    # --- model and data -----------------------------------------------------------------------------
+    def wrap_model(self, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+        """Return the module the loop calls steps through (DDP in distributed runs)."""
+        return module
+
+    def unwrap_model(self, wrapped: nn.Module) -> nn.Module:
+        return getattr(wrapped, "module", wrapped)
+
+    def no_sync(self, wrapped: nn.Module) -> ContextManager:
+        """Context in which backward does not all-reduce gradients (accumulation steps)."""
+        return nullcontext()
+
+    def setup_dataloader(self, loader: Any, stage: str, *, shuffle: bool | None = None) -> Any:
+        """Return ``loader`` prepared for this rank (a DistributedSampler in distributed runs). ``stage`` is
+        "train", "val", "test" or "predict"; ``shuffle=False`` forces sequential order (overfit_batches)."""
+        return loader
+
+    def teardown(self) -> None:
+        pass

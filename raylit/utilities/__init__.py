@@ -1,0 +1,16 @@
+"""Small helpers that Lightning users import from ``lightning.pytorch.utilities``."""
+
+from raylit.utilities.exceptions import MisconfigurationException
+from raylit.utilities.parsing import AttributeDict
+from raylit.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
+from raylit.utilities.seed import isolate_rng, seed_everything
+
+__all__ = [
+    "AttributeDict",
+    "MisconfigurationException",
+    "isolate_rng",
+    "rank_zero_info",
+    "rank_zero_only",
+    "rank_zero_warn",
+    "seed_everything",
+]
