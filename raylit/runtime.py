@@ -56,6 +56,11 @@ class Runtime:
     def unwrap_model(self, wrapped: nn.Module) -> nn.Module:
         return getattr(wrapped, "module", wrapped)
 
+    def call_step(self, wrapped: nn.Module, module: nn.Module, name: str, *args: Any) -> Any:
+        """Run ``module.<name>(*args)`` (training_step, validation_step, ...) through ``wrapped`` so that a
+        DDP wrapper sees a forward call and registers its gradient hooks."""
+        return getattr(module, name)(*args)
+
     def no_sync(self, wrapped: nn.Module) -> ContextManager:
         """Context in which backward does not all-reduce gradients (accumulation steps)."""
         return nullcontext()
