@@ -1,3 +1,11 @@
-from raylit.loggers.base import DummyLogger, Logger
+"""Loggers (mirror of ``lightning.pytorch.loggers``).
 
-__all__ = ["DummyLogger", "Logger"]
+Importing this package imports no logging backend: tensorboardX (and mlflow/wandb, when available) are
+imported the first time a logger needs them.
+"""
+
+from raylit.loggers.base import DummyLogger, Logger
+from raylit.loggers.csv_logs import CSVLogger
+from raylit.loggers.tensorboard import TensorBoardLogger
+
+__all__ = ["CSVLogger", "DummyLogger", "Logger", "TensorBoardLogger"]

@@ -7,11 +7,46 @@ The Trainer calls, on global rank 0 only:
 - ``finalize("success" | "failed")`` at the end of a run.
 """
 
+import functools
 from abc import ABC, abstractmethod
 from argparse import Namespace
+from collections.abc import Callable
 from typing import Any
 
 from raylit.utilities.rank_zero import rank_zero_only
+
+
+class _DummyExperiment:
+    """What ``logger.experiment`` returns on ranks other than 0: every attribute is a no-op method."""
+
+    def nop(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)  # keep pickle/copy protocols honest
+        return self.nop
+
+    def __getitem__(self, idx: Any) -> "_DummyExperiment":
+        return self
+
+    def __setitem__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+DummyExperiment = _DummyExperiment
+
+
+def rank_zero_experiment(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Decorate a logger's ``experiment`` getter: the real object on global rank 0, a no-op elsewhere."""
+
+    @functools.wraps(fn)
+    def experiment(self: Any) -> Any:
+        if rank_zero_only.rank > 0:
+            return _DummyExperiment()
+        return fn(self)
+
+    return experiment
 
 
 class Logger(ABC):
@@ -79,8 +114,13 @@ class DummyLogger(Logger):
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         pass
 
+    def __getitem__(self, idx: int) -> "DummyLogger":
+        return self
+
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)  # keep pickle/copy protocols honest
         return lambda *args, **kwargs: None
 
 
-__all__ = ["DummyLogger", "Logger", "rank_zero_only"]
+__all__ = ["DummyExperiment", "DummyLogger", "Logger", "rank_zero_experiment", "rank_zero_only"]
