@@ -537,3 +537,117 @@ def test_dummy_logger_accepts_everything():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert pickle.loads(pickle.dumps(logger)).name == ""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MLFlowLogger (optional: runs where mlflow or mlflow-skinny is installed)
+# ----------------------------------------------------------------------------------------------------------
+def _fake_checkpoint_callback(folder: Path) -> Namespace:
+    folder.mkdir(parents=True, exist_ok=True)
+    best, last = folder / "epoch=0-step=2.ckpt", folder / "last.ckpt"
+    best.write_bytes(b"best")
+    last.write_bytes(b"last")
+    return Namespace(
+        monitor="val_loss",
+        mode="min",
+        save_last=True,
+        save_top_k=1,
+        save_weights_only=False,
+        best_model_path=str(best),
+        best_model_score=torch.tensor(0.5),
+        best_k_models={str(best): torch.tensor(0.5)},
+        last_model_path=str(last),
+        current_score=torch.tensor(0.5),
+    )
+
+
+def _drive_mlflow(logger_cls, tmp_path: Path, name: str) -> dict:
+    logger = logger_cls(
+        experiment_name="exp", run_name="run-a", save_dir=str(tmp_path / name), log_model=True, prefix="p"
+    )
+    logger.log_hyperparams({"lr": 0.1, "nested": {"depth": 3}, "long": "x" * 300})
+    logger.log_metrics({"loss": torch.tensor(0.5), "acc@1": 0.25}, step=2)
+    logger.log_metrics({"loss": 0.125, "note": "text"}, step=None)
+    logger.after_save_checkpoint(_fake_checkpoint_callback(tmp_path / f"{name}_ckpts"))
+    logger.finalize("success")
+
+    client = logger.experiment
+    run = client.get_run(logger.run_id)
+    artifacts = sorted(
+        f"{top.path}/{inner.path.split('/')[-1]}"
+        for top in client.list_artifacts(logger.run_id)
+        for inner in client.list_artifacts(logger.run_id, top.path)
+    )
+    metadata_file = client.download_artifacts(
+        logger.run_id, "epoch=0-step=2/metadata.yaml", str(tmp_path / name)
+    )
+    return {
+        "save_dir": logger.save_dir == str(tmp_path / name),
+        "name_is_experiment_id": logger.name == run.info.experiment_id,
+        "version_is_run_id": logger.version == run.info.run_id,
+        "experiment": client.get_experiment(run.info.experiment_id).name,
+        "status": run.info.status,
+        "params": run.data.params,
+        "run_name": run.data.tags.get("mlflow.runName"),
+        "metrics": {
+            key: [(m.step, m.value) for m in client.get_metric_history(logger.run_id, key)]
+            for key in sorted(run.data.metrics)
+        },
+        "artifacts": artifacts,
+        "metadata": yaml.safe_load(Path(metadata_file).read_text()),
+    }
+
+
+def test_mlflow_logger_matches_lightning(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 refuses the file store without it
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from pytorch_lightning.loggers import MLFlowLogger as LightningMLFlowLogger
+
+    from raylit.loggers import MLFlowLogger
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = _drive_mlflow(MLFlowLogger, tmp_path, "ours")
+        theirs = _drive_mlflow(LightningMLFlowLogger, tmp_path, "theirs")
+    assert ours == theirs
+    assert ours["params"] == {"lr": "0.1", "nested/depth": "3", "long": "x" * 250}
+    assert ours["metrics"] == {"p-acc1": [(2, 0.25)], "p-loss": [(2, 0.5), (0, 0.125)]}
+    assert ours["status"] == "FINISHED" and ours["run_name"] == "run-a"
+    assert ours["artifacts"] == [
+        "epoch=0-step=2/aliases.txt",
+        "epoch=0-step=2/epoch=0-step=2.ckpt",
+        "epoch=0-step=2/metadata.yaml",
+        "last/aliases.txt",
+        "last/last.ckpt",
+        "last/metadata.yaml",
+    ]
+
+
+def test_mlflow_logger_pickles_and_continues_the_run(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from raylit.loggers import MLFlowLogger
+
+    logger = MLFlowLogger(save_dir=str(tmp_path))
+    run_id = logger.version  # the run is created on first use, as a driver would before shipping the logger
+    clone = pickle.loads(pickle.dumps(logger))
+    assert clone._client is None and clone.version == run_id
+    clone.log_metrics({"a": 1.0}, step=4)
+    clone.finalize("failed")
+    run = logger.experiment.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert [(m.step, m.value) for m in logger.experiment.get_metric_history(run_id, "a")] == [(4, 1.0)]
+
+
+def test_mlflow_logger_without_mlflow_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a)
+    )
+    from raylit.loggers import MLFlowLogger
+
+    with pytest.raises(ModuleNotFoundError, match="pip install mlflow"):
+        MLFlowLogger()

@@ -6,6 +6,7 @@ imported the first time a logger needs them.
 
 from raylit.loggers.base import DummyLogger, Logger
 from raylit.loggers.csv_logs import CSVLogger
+from raylit.loggers.mlflow import MLFlowLogger
 from raylit.loggers.tensorboard import TensorBoardLogger
 
-__all__ = ["CSVLogger", "DummyLogger", "Logger", "TensorBoardLogger"]
+__all__ = ["CSVLogger", "DummyLogger", "Logger", "MLFlowLogger", "TensorBoardLogger"]

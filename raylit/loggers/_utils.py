@@ -83,3 +83,25 @@ def _next_version(folder: str) -> int:
         if number.isascii() and number.isdigit() and os.path.isdir(os.path.join(folder, entry)):
             found.append(int(number))
     return max(found) + 1 if found else 0
+
+
+def _scan_checkpoints(checkpoint_callback: Any, logged_model_time: dict[str, float]) -> list[tuple]:
+    """Checkpoints of ``checkpoint_callback`` still to upload, oldest first, as ``(mtime, path, score, tag)``.
+
+    Looks at the last, the best and the best-k files that exist; a file is skipped if ``logged_model_time``
+    already has it with the same (or a newer) modification time.
+    """
+    candidates: dict[str, tuple[Any, str]] = {}
+    if hasattr(checkpoint_callback, "last_model_path") and hasattr(checkpoint_callback, "current_score"):
+        candidates[checkpoint_callback.last_model_path] = (checkpoint_callback.current_score, "latest")
+    if hasattr(checkpoint_callback, "best_model_path") and hasattr(checkpoint_callback, "best_model_score"):
+        candidates[checkpoint_callback.best_model_path] = (checkpoint_callback.best_model_score, "best")
+    for path, score in getattr(checkpoint_callback, "best_k_models", {}).items():
+        candidates[path] = (score, "best_k")
+    found = []
+    for path, (score, tag) in candidates.items():
+        if path and os.path.isfile(path):
+            mtime = os.stat(path).st_mtime
+            if path not in logged_model_time or logged_model_time[path] < mtime:
+                found.append((mtime, path, score, tag))
+    return sorted(found, key=lambda item: (item[0], item[1]))
