@@ -51,6 +51,8 @@ NOISY_WARNINGS = (
     r".*Consider setting `persistent_workers=True`.*",
     r".*`training_step` returned `None`.*",
     r".*The `srun` command is available.*",
+    r".*You have overridden `.*` in .*LightningDataModule.*",
+    r".*isinstance.treespec, LeafSpec.*",
 )
 
 
@@ -331,10 +333,12 @@ def make_classes(pl) -> SimpleNamespace:
             train_len: int = 8,
             eval_len: int = 8,
             batch_size: int = 2,
+            raise_at: int | None = None,
         ) -> None:
             super().__init__()
             self.calls = calls
             self._record_hooks = True
+            self.raise_at = raise_at
             self.layer = nn.Linear(32, 2)
             self.sched = sched
             self.n_val, self.n_test, self.n_predict = n_val, n_test, n_predict
@@ -355,6 +359,8 @@ def make_classes(pl) -> SimpleNamespace:
 
         def training_step(self, batch, batch_idx):
             self._rec("training_step", batch_idx=batch_idx)
+            if batch_idx == self.raise_at:
+                raise ValueError(f"training_step failed on purpose at batch {batch_idx}")
             loss = self.loss(batch)
             if not self.automatic_optimization:
                 opt = self.optimizers()
@@ -552,6 +558,11 @@ HOOK_CONFIGS: dict[str, HookConfig] = {
         record_state_dict=True,
         description="default ModelCheckpoint on: save-hook order",
     ),
+    "fit_exception": HookConfig(
+        trainer=dict(limit_train_batches=3, limit_val_batches=1, max_epochs=1),
+        model=dict(raise_at=1),
+        description="training_step raises ValueError on batch 1: on_exception hooks, then the error propagates",
+    ),
     "fit_then_validate_test": HookConfig(
         entries=("fit", "validate", "test"),
         trainer=dict(limit_train_batches=1, limit_val_batches=1, limit_test_batches=1, max_epochs=1),
@@ -595,7 +606,11 @@ def run_hook_config(pl, name: str, root) -> list[str]:
         kw = {"verbose": False} if entry in ("validate", "test") else {}
         if dm is not None:
             kw["datamodule"] = dm
-        fn(model, **kw)
+        try:
+            fn(model, **kw)
+        except Exception as err:  # recorded, so the on_exception/teardown order can be compared
+            calls.append(f"## raised {type(err).__name__}")
+            break
     return calls
 
 
