@@ -36,8 +36,9 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -57,8 +58,13 @@ from raylit.runtime import Runtime
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
-_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "avg": dist.ReduceOp.SUM,
-               "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+_REDUCE_OPS = {
+    "sum": dist.ReduceOp.SUM,
+    "mean": dist.ReduceOp.SUM,
+    "avg": dist.ReduceOp.SUM,
+    "max": dist.ReduceOp.MAX,
+    "min": dist.ReduceOp.MIN,
+}
 _REDUCE_FNS = {torch.sum: "sum", torch.mean: "mean", torch.max: "max", torch.min: "min"}
 
 # Steps that go through the DDP wrapper. predict_step does not: its shards may have different lengths, and a
@@ -141,8 +147,10 @@ class DistributedRuntime(Runtime):
         local = tensor.to(self._comm_device).contiguous()
         shapes = self._all_gather_shapes(local)
         if any(s != shapes[0] for s in shapes):
-            _warn_once("all_gather: ranks hold tensors of different shapes "
-                       f"{[tuple(s) for s in shapes]}; returning a list of per-rank tensors")
+            _warn_once(
+                "all_gather: ranks hold tensors of different shapes "
+                f"{[tuple(s) for s in shapes]}; returning a list of per-rank tensors"
+            )
             return [t.to(source_device) for t in self._all_gather_uneven(local, shapes)]
         if sync_grads:
             gathered = _AllGatherGrad.apply(local)
@@ -160,7 +168,9 @@ class DistributedRuntime(Runtime):
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         box = [obj]
-        dist.broadcast_object_list(box, src=src, device=self._comm_device if self._backend == "nccl" else None)
+        dist.broadcast_object_list(
+            box, src=src, device=self._comm_device if self._backend == "nccl" else None
+        )
         return box[0]
 
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
@@ -211,7 +221,7 @@ class DistributedRuntime(Runtime):
             return getattr(module, name)(*args)
         return _redirected_forward(wrapped, module, name, *args)
 
-    def no_sync(self, wrapped: nn.Module) -> ContextManager:
+    def no_sync(self, wrapped: nn.Module) -> AbstractContextManager:
         # On accumulation steps backward only adds into .grad locally; the all-reduce happens once, on the
         # backward of the step that calls optimizer.step (DDP then reduces the accumulated sum).
         return wrapped.no_sync() if isinstance(wrapped, DistributedDataParallel) else nullcontext()
@@ -256,7 +266,7 @@ class DistributedRuntime(Runtime):
 
     def _shard_loader(self, loader: DataLoader, stage: str, shuffle: bool | None) -> DataLoader:
         W, r = self.world_size, self.global_rank
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         batch_sampler = loader.batch_sampler
         if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
             # A custom batch sampler decides the batches; deal whole batches out to the ranks.
@@ -372,9 +382,22 @@ class _ShardedSampler(Sampler):
 
 
 # --- DataLoader rebuilding ------------------------------------------------------------------------------------
-_LOADER_ARGS = ("dataset", "batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "timeout",
-                "worker_init_fn", "multiprocessing_context", "generator", "prefetch_factor",
-                "persistent_workers", "pin_memory_device", "in_order")
+_LOADER_ARGS = (
+    "dataset",
+    "batch_size",
+    "num_workers",
+    "collate_fn",
+    "pin_memory",
+    "drop_last",
+    "timeout",
+    "worker_init_fn",
+    "multiprocessing_context",
+    "generator",
+    "prefetch_factor",
+    "persistent_workers",
+    "pin_memory_device",
+    "in_order",
+)
 
 
 def _rebuild_loader(loader: DataLoader, **overrides: Any) -> DataLoader:
