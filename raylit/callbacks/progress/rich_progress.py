@@ -1,0 +1,420 @@
+"""RichProgressBar: progress bars drawn with rich (the default bar when rich is installed)."""
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from raylit.callbacks.progress.progress_bar import ProgressBar
+
+try:
+    from rich import get_console
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
+    from rich.style import Style
+    from rich.text import Text
+
+    _RICH_AVAILABLE = True
+except ModuleNotFoundError:  # pragma: no cover - rich is a dependency; raise a clear error on use
+    _RICH_AVAILABLE = False
+    ProgressColumn = object  # type: ignore[assignment,misc]
+
+
+@dataclass
+class RichProgressBarTheme:
+    """Styles of the bar's parts (rich style strings or ``rich.style.Style``)."""
+
+    description: "str | Style" = ""
+    progress_bar: "str | Style" = "#6206E0"
+    progress_bar_finished: "str | Style" = "#6206E0"
+    progress_bar_pulse: "str | Style" = "#6206E0"
+    batch_progress: "str | Style" = ""
+    time: "str | Style" = "dim"
+    processing_speed: "str | Style" = "dim underline"
+    metrics: "str | Style" = "italic"
+    metrics_text_delimiter: str = " "
+    metrics_format: str = ".3f"
+
+
+_DEFAULT_THEME = RichProgressBarTheme()
+
+
+class _BatchesColumn(ProgressColumn):
+    def __init__(self, style: Any) -> None:
+        self.style = style
+        super().__init__()
+
+    def render(self, task: "Task") -> "Text":
+        total = "--" if task.total is None else int(task.total)
+        return Text(f"{int(task.completed)}/{total}", style=self.style)
+
+
+class _TimeColumn(ProgressColumn):
+    max_refresh = 0.5
+
+    def __init__(self, style: Any) -> None:
+        self.style = style
+        super().__init__()
+
+    def render(self, task: "Task") -> "Text":
+        elapsed = task.finished_time if task.finished else task.elapsed
+        remaining = task.time_remaining if task.total is not None else None
+
+        def fmt(seconds: float | None) -> str:
+            return "-:--:--" if seconds is None else str(timedelta(seconds=int(seconds)))
+
+        return Text(f"{fmt(elapsed)} • {fmt(remaining)}", style=self.style)
+
+
+class _SpeedColumn(ProgressColumn):
+    def __init__(self, style: Any) -> None:
+        self.style = style
+        super().__init__()
+
+    def render(self, task: "Task") -> "Text":
+        return Text(f"{task.speed or 0:>.2f}it/s", style=self.style)
+
+
+class _MetricsColumn(ProgressColumn):
+    """The progress-bar metrics, drawn on the training bar only."""
+
+    def __init__(self, bar: "RichProgressBar", theme: RichProgressBarTheme) -> None:
+        self._bar = bar
+        self._theme = theme
+        self.metrics: dict[str, Any] = {}
+        super().__init__()
+
+    def render(self, task: "Task") -> "Text":
+        if task.id != self._bar.train_progress_bar_id:
+            return Text()
+        parts = []
+        for name, value in self.metrics.items():
+            if not isinstance(value, str):
+                try:
+                    value = f"{value:{self._theme.metrics_format}}"
+                except (TypeError, ValueError):
+                    value = str(value)
+            parts.append(f"{name}: {value}")
+        return Text(self._theme.metrics_text_delimiter.join(parts), justify="left", style=self._theme.metrics)
+
+
+class RichProgressBar(ProgressBar):
+    """Progress bars drawn with `rich <https://github.com/Textualize/rich>`_: one per running loop, the
+    training bar followed by its metrics (:meth:`get_metrics`).
+
+    Args:
+        refresh_rate: the most redraws per second; 0 disables the bar.
+        leave: keep each finished epoch's bar on screen.
+        theme: a :class:`RichProgressBarTheme`.
+        console_kwargs: arguments for the ``rich.console.Console`` to draw on (default: rich's global console).
+
+    Redraws happen in the training thread, at most ``refresh_rate`` times a second, and only between
+    batches; metrics are read only when a redraw is due. When the console is not a terminal rich draws only
+    the final state of each bar, so logs get one line per bar rather than one per batch.
+    """
+
+    def __init__(
+        self,
+        refresh_rate: int = 100,
+        leave: bool = False,
+        theme: RichProgressBarTheme = _DEFAULT_THEME,
+        console_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if not _RICH_AVAILABLE:
+            raise ModuleNotFoundError(
+                "`RichProgressBar` requires `rich`. Install it by running `pip install -U rich`."
+            )
+        super().__init__()
+        self._refresh_rate = refresh_rate
+        self._leave = leave
+        self._console_kwargs = console_kwargs or {}
+        self._console: Console | None = None
+        self._enabled = True
+        self.progress: Progress | None = None
+        self._progress_stopped = False
+        self._metric_component: _MetricsColumn | None = None
+        self._last_refresh = -math.inf
+        self._totals: dict = {}
+        self.theme = theme
+        self._reset_progress_bar_ids()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "progress": None, "_console": None, "_metric_component": None}
+
+    def _reset_progress_bar_ids(self) -> None:
+        self.train_progress_bar_id: TaskID | None = None
+        self.val_sanity_progress_bar_id: TaskID | None = None
+        self.val_progress_bar_id: TaskID | None = None
+        self.test_progress_bar_id: TaskID | None = None
+        self.predict_progress_bar_id: TaskID | None = None
+
+    @property
+    def refresh_rate(self) -> float:
+        return self._refresh_rate
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled and self.refresh_rate > 0
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self.is_enabled
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _task(self, task_id: "TaskID | None") -> "Task":
+        assert self.progress is not None and task_id is not None
+        return next(task for task in self.progress.tasks if task.id == task_id)
+
+    @property
+    def train_progress_bar(self) -> "Task":
+        return self._task(self.train_progress_bar_id)
+
+    @property
+    def val_sanity_check_bar(self) -> "Task":
+        return self._task(self.val_sanity_progress_bar_id)
+
+    @property
+    def val_progress_bar(self) -> "Task":
+        return self._task(self.val_progress_bar_id)
+
+    @property
+    def test_progress_bar(self) -> "Task":
+        return self._task(self.test_progress_bar_id)
+
+    def configure_columns(self, trainer) -> list:
+        """The columns before the metrics; override to change the layout."""
+        return [
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(
+                complete_style=self.theme.progress_bar,
+                finished_style=self.theme.progress_bar_finished,
+                pulse_style=self.theme.progress_bar_pulse,
+            ),
+            _BatchesColumn(self.theme.batch_progress),
+            _TimeColumn(self.theme.time),
+            _SpeedColumn(self.theme.processing_speed),
+        ]
+
+    # --- life cycle ----------------------------------------------------------------------------------------
+    def _init_progress(self, trainer) -> None:
+        if not self.is_enabled or (self.progress is not None and not self._progress_stopped):
+            return
+        self._reset_progress_bar_ids()
+        self._totals: dict[TaskID, int | float] = {}
+        self._console = Console(**self._console_kwargs) if self._console_kwargs else get_console()
+        self._console.clear_live()
+        self._metric_component = _MetricsColumn(self, self.theme)
+        # No auto-refresh thread: a thread redrawing 100 times a second would compete with training for
+        # the GIL. We redraw from the hooks instead (see _refresh).
+        self.progress = Progress(
+            *self.configure_columns(trainer),
+            self._metric_component,
+            auto_refresh=False,
+            console=self._console,
+        )
+        self.progress.start()
+        self._progress_stopped = False
+
+    def _stop_progress(self) -> None:
+        if self.progress is not None and not self._progress_stopped:
+            self.progress.stop()
+            self._progress_stopped = True
+
+    def refresh(self, hard: bool = False) -> None:
+        """Redraw if ``hard`` or if ``1 / refresh_rate`` seconds have passed since the last redraw."""
+        if self.progress is None or self._progress_stopped:
+            return
+        now = time.monotonic()
+        if hard or now - self._last_refresh >= 1.0 / max(self.refresh_rate, 1e-9):
+            self._last_refresh = now
+            self.progress.refresh()
+
+    def _due(self, n: int, task_id: "TaskID | None") -> bool:
+        """Cheap per-batch check: is a redraw due (time passed, or the bar's last batch)?"""
+        if self.is_disabled or self.progress is None or task_id is None:
+            return False
+        if n == self._totals.get(task_id):
+            return True
+        return time.monotonic() - self._last_refresh >= 1.0 / self.refresh_rate
+
+    def _add_task(self, total: float, description: str, visible: bool = True) -> "TaskID":
+        assert self.progress is not None
+        if self.theme.description:
+            description = f"[{self.theme.description}]{description}"
+        task_id = self.progress.add_task(description, total=_finite_or_none(total), visible=visible)
+        self._totals[task_id] = total
+        return task_id
+
+    def _replace_task(self, old: "TaskID | None", total: float, description: str, visible: bool = True):
+        """A new bar in place of ``old`` (removed, so that tasks do not pile up over many epochs)."""
+        if self.progress is not None and old is not None:
+            self.progress.remove_task(old)
+            self._totals.pop(old, None)
+        return self._add_task(total, description, visible)
+
+    def _update(self, task_id: "TaskID | None", current: int, visible: bool = True) -> None:
+        if self.progress is not None and self.is_enabled and task_id is not None:
+            self.progress.update(task_id, completed=current, visible=visible)
+            self.refresh(hard=True)  # callers check _due() first
+
+    def _hide(self, task_id: "TaskID | None") -> None:
+        if self.progress is not None and task_id is not None:
+            self.progress.update(task_id, advance=0, visible=False)
+
+    def _update_metrics(self, trainer, pl_module) -> None:
+        if self.is_enabled and self._metric_component is not None:
+            self._metric_component.metrics = self.get_metrics(trainer, pl_module)
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in items.items()}
+
+    def _train_description(self, current_epoch: int) -> str:
+        description = f"Epoch {current_epoch}"
+        if self.trainer.max_epochs is not None:
+            description += f"/{self.trainer.max_epochs - 1}"
+        return f"{description:{len(self.validation_description)}}"
+
+    # --- hooks ---------------------------------------------------------------------------------------------
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._init_progress(trainer)
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        self._hide(self.val_sanity_progress_bar_id)
+        self.refresh(hard=True)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._init_progress(trainer)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.is_disabled:
+            return
+        total, description = self.total_train_batches, self._train_description(trainer.current_epoch)
+        if self.train_progress_bar_id is not None and self._leave:
+            self._stop_progress()  # the finished epoch's bar stays on screen
+            self._init_progress(trainer)
+        if self.progress is None:
+            return
+        if self.train_progress_bar_id is None:
+            self.train_progress_bar_id = self._add_task(total, description)
+        else:
+            self.progress.reset(
+                self.train_progress_bar_id,
+                total=_finite_or_none(total),
+                description=description,
+                visible=True,
+            )
+            self._totals[self.train_progress_bar_id] = total
+        self.refresh(hard=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = batch_idx + 1
+        if self.train_progress_bar_id is None and self.is_enabled and self.progress is not None:
+            self.train_progress_bar_id = self._add_task(
+                self.total_train_batches, self._train_description(trainer.current_epoch)
+            )
+        if not self._due(n, self.train_progress_bar_id):
+            return
+        self._update_metrics(trainer, pl_module)
+        self._update(self.train_progress_bar_id, n)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._update_metrics(trainer, pl_module)
+        self.refresh(hard=True)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._init_progress(trainer)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.is_disabled or self.progress is None or not self.has_dataloader_changed(dataloader_idx):
+            return
+        total = self.total_val_batches_current_dataloader
+        if trainer.sanity_checking:
+            self.val_sanity_progress_bar_id = self._replace_task(
+                self.val_sanity_progress_bar_id, total, self.sanity_check_description, visible=False
+            )
+        else:
+            self.val_progress_bar_id = self._replace_task(
+                self.val_progress_bar_id, total, self.validation_description, visible=False
+            )
+        self.refresh()
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        task_id = self.val_sanity_progress_bar_id if trainer.sanity_checking else self.val_progress_bar_id
+        if self._due(batch_idx + 1, task_id):
+            self._update(task_id, batch_idx + 1)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self.is_enabled and trainer.state.fn == "fit":
+            self._hide(self.val_progress_bar_id)
+            self.refresh()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._update_metrics(trainer, pl_module)
+        self.reset_dataloader_idx_tracker()
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._init_progress(trainer)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.is_disabled or self.progress is None or not self.has_dataloader_changed(dataloader_idx):
+            return
+        self.test_progress_bar_id = self._replace_task(
+            self.test_progress_bar_id, self.total_test_batches_current_dataloader, self.test_description
+        )
+        self.refresh()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due(batch_idx + 1, self.test_progress_bar_id):
+            self._update(self.test_progress_bar_id, batch_idx + 1)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.reset_dataloader_idx_tracker()
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._init_progress(trainer)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.is_disabled or self.progress is None or not self.has_dataloader_changed(dataloader_idx):
+            return
+        self.predict_progress_bar_id = self._replace_task(
+            self.predict_progress_bar_id,
+            self.total_predict_batches_current_dataloader,
+            self.predict_description,
+        )
+        self.refresh()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due(batch_idx + 1, self.predict_progress_bar_id):
+            self._update(self.predict_progress_bar_id, batch_idx + 1)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.reset_dataloader_idx_tracker()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._stop_progress()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._stop_progress()
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self._console is not None:
+            self._console.print(*args, **kwargs)
+        else:
+            print(*args, **kwargs)
+
+
+def _finite_or_none(total: float | None) -> float | None:
+    """rich shows an indeterminate (pulsing) bar for total=None; endless loaders report inf."""
+    return None if total is None or not math.isfinite(total) else total

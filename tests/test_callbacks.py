@@ -1,0 +1,741 @@
+"""Built-in callbacks, checked against Lightning 2.6 where it is cheap.
+
+Part 1 needs no Trainer: file names, state keys, argument validation, early-stopping decisions, summaries,
+LR-monitor names, and ModelCheckpoint's top-k bookkeeping driven by the same scripted hook sequence through
+both libraries' callbacks (a small fake trainer that satisfies both). Part 2 runs real fits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+import pytorch_lightning.callbacks as lcb
+from raylit import callbacks as rcb
+from raylit.callbacks.early_stopping import EarlyStoppingReason
+from raylit.callbacks.model_summary import format_summary_table, get_human_readable_count, summarize
+from raylit.callbacks.progress.progress_bar import get_standard_metrics
+
+pytestmark = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ModelCheckpoint: names, keys, validation
+# ----------------------------------------------------------------------------------------------------------
+TEMPLATES = [
+    None,
+    "{epoch}",
+    "{epoch:03d}",
+    "{epoch}-{val_loss:.2f}",
+    "sample-mnist-{epoch:02d}-{val_loss:.2f}",
+    "{epoch}-{epoch_test}",  # a name that starts with another name
+    "{missing:d}",
+    "{val/loss:.3f}",
+    "{step}-{val.acc:.1f}",
+    "plain",
+]
+METRICS = {
+    "epoch": 3,
+    "step": 42,
+    "val_loss": torch.tensor(0.123456),
+    "epoch_test": 7,
+    "val/loss": 1.5,
+    "val.acc": 0.25,
+}
+
+
+@pytest.mark.parametrize("auto_insert", [True, False])
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_format_checkpoint_name_matches_lightning(tmp_path, template, auto_insert):
+    kwargs = dict(dirpath=tmp_path, filename=template, auto_insert_metric_name=auto_insert)
+    ours, theirs = rcb.ModelCheckpoint(**kwargs), lcb.ModelCheckpoint(**kwargs)
+    for extra in [{}, {"ver": 2}, {"prefix": "pre"}, {"filename": "last"}]:
+        assert ours.format_checkpoint_name(dict(METRICS), **extra) == theirs.format_checkpoint_name(
+            dict(METRICS), **extra
+        )
+
+
+def test_format_checkpoint_name_examples(tmp_path):
+    ckpt = rcb.ModelCheckpoint(dirpath=tmp_path, filename="{epoch}-{val_loss:.2f}")
+    assert ckpt.format_checkpoint_name({"epoch": 1, "val_loss": 22.0417}) == str(
+        tmp_path / "epoch=1-val_loss=22.04.ckpt"
+    )
+    ckpt = rcb.ModelCheckpoint(filename="{step}")  # no dirpath: just the name
+    assert ckpt.format_checkpoint_name({"step": 0}) == "step=0.ckpt"
+    metrics = {"epoch": 1}
+    ckpt.format_checkpoint_name(metrics, filename="{epoch}-{nope}")
+    assert metrics == {"epoch": 1}, "the caller's dict must not gain the missing names"
+
+
+STATE_KEY_KWARGS = [
+    {},
+    {"monitor": "val_loss"},
+    {"monitor": "acc", "mode": "max", "every_n_train_steps": 5},
+    {"train_time_interval": timedelta(seconds=3)},
+    {"every_n_epochs": 2, "monitor": "val/loss"},
+]
+
+
+@pytest.mark.parametrize("kwargs", STATE_KEY_KWARGS)
+def test_model_checkpoint_state_key_matches_lightning(kwargs):
+    assert rcb.ModelCheckpoint(**kwargs).state_key == lcb.ModelCheckpoint(**kwargs).state_key
+
+
+def test_model_checkpoint_state_key_literal():
+    key = rcb.ModelCheckpoint(monitor="val_loss").state_key
+    assert key == (
+        "ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min', 'every_n_train_steps': 0, "
+        "'every_n_epochs': 1, 'train_time_interval': None}"
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "avg"},
+        {"save_top_k": -2},
+        {"save_top_k": 3},  # without a monitor
+        {"every_n_train_steps": -1},
+        {"every_n_epochs": -1},
+        {"every_n_epochs": 2, "every_n_train_steps": 3},
+        {"every_n_train_steps": 3, "train_time_interval": timedelta(seconds=1)},
+    ],
+)
+def test_model_checkpoint_rejects_what_lightning_rejects(kwargs):
+    with pytest.raises(Exception) as theirs:
+        lcb.ModelCheckpoint(**kwargs)
+    with pytest.raises(Exception) as ours:
+        rcb.ModelCheckpoint(**kwargs)
+    assert type(ours.value).__name__ == type(theirs.value).__name__
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_model_checkpoint_defaults_and_dirpath(tmp_path):
+    ckpt = rcb.ModelCheckpoint(dirpath=str(tmp_path / "a" / ".." / "b"))
+    assert ckpt.dirpath == os.path.realpath(tmp_path / "b")
+    assert (ckpt.every_n_epochs, ckpt._every_n_train_steps, ckpt._train_time_interval) == (1, 0, None)
+    assert ckpt.best_model_path == ckpt.last_model_path == ckpt.kth_best_model_path == ""
+    assert ckpt.best_model_score is None and ckpt.current_score is None and ckpt.best_k_models == {}
+    assert torch.isinf(ckpt.kth_value) and ckpt.kth_value > 0
+    assert rcb.ModelCheckpoint(mode="max").kth_value < 0
+    assert ckpt.runs_after_module_epoch_end and isinstance(ckpt, rcb.Checkpoint)
+    assert rcb.ModelCheckpoint(every_n_train_steps=4).every_n_epochs == 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ModelCheckpoint: top-k bookkeeping, the same scripted run through both libraries' callbacks
+# ----------------------------------------------------------------------------------------------------------
+class _FakeStrategy:
+    def broadcast(self, obj, src=0):
+        return obj
+
+    def barrier(self, *args, **kwargs):
+        pass
+
+    def reduce_boolean_decision(self, decision, all=True):
+        return decision
+
+    def remove_checkpoint(self, path):  # Lightning's callback deletes through the strategy
+        if os.path.exists(path):
+            os.remove(path)
+
+
+class FakeTrainer:
+    """Just enough Trainer for both ModelCheckpoint implementations: a one-rank fit whose validation
+    'produces' scripted metrics. Not a model of the loop beyond the hook order Lightning uses."""
+
+    def __init__(self, root: Path, batches: int = 2, **overrides):
+        self.default_root_dir = str(root)
+        self.callback_metrics: dict[str, torch.Tensor] = {}
+        self.current_epoch = self.global_step = self.global_rank = 0
+        self.world_size = 1
+        self.is_global_zero = True
+        self.should_stop = self.sanity_checking = False
+        self.fast_dev_run = False
+        self.state = SimpleNamespace(fn="fit")
+        self.loggers: list = []
+        self.val_check_interval = 1.0
+        self.check_val_every_n_epoch = 1
+        self.num_val_batches = [1]
+        self.num_training_batches = batches
+        self.ckpt_path = None
+        self.is_last_batch = False
+        self.strategy = _FakeStrategy()
+        self.saved: list[tuple[str, int]] = []
+        self.fit_loop = SimpleNamespace(
+            epoch_loop=SimpleNamespace(
+                val_loop=SimpleNamespace(_has_run=True), batch_progress=SimpleNamespace(is_last_batch=False)
+            )
+        )
+        self.__dict__.update(overrides)
+
+    def save_checkpoint(self, filepath, weights_only=False):
+        os.makedirs(os.path.dirname(filepath), exist_ok=True)
+        Path(filepath).write_text(f"{self.current_epoch} {self.global_step}")
+        self.saved.append((os.path.basename(filepath), self.global_step))
+
+    def fit(self, callback, scores, metric="val_loss", epochs=None, validate=True):
+        """Hook order of one Lightning fit: batches, validation at the end of each epoch, epoch end."""
+        callback.setup(self, None, "fit")
+        callback.on_train_start(self, None)
+        for epoch in range(epochs or len(scores)):
+            self.current_epoch = epoch
+            for batch_idx in range(self.num_training_batches):
+                self.global_step += 1
+                self.is_last_batch = batch_idx == self.num_training_batches - 1
+                self.fit_loop.epoch_loop.batch_progress.is_last_batch = self.is_last_batch
+                callback.on_train_batch_end(
+                    self, SimpleNamespace(automatic_optimization=True), None, None, batch_idx
+                )
+            if epoch < len(scores) and scores[epoch] is not None:
+                self.callback_metrics = {metric: torch.tensor(float(scores[epoch]))}
+            if validate:
+                callback.on_validation_batch_end(self, None, None, None, 0)
+                callback.on_validation_end(self, None)
+            callback.on_train_epoch_end(self, None)
+        self.current_epoch += 1
+        callback.on_train_end(self, None)
+
+
+def _run_both(tmp_path, scores, trainer_kwargs=None, **ckpt_kwargs):
+    results = []
+    for name, lib in (("lightning", lcb), ("raylit", rcb)):
+        root = tmp_path / name
+        cb = lib.ModelCheckpoint(dirpath=root / "ckpts", **ckpt_kwargs)
+        trainer = FakeTrainer(root, **(trainer_kwargs or {}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(cb, scores)
+        results.append((cb, trainer, root / "ckpts"))
+    return results
+
+
+def _rel(cb_path: str, dirpath: Path) -> str:
+    return os.path.relpath(cb_path, dirpath) if cb_path else ""
+
+
+SCENARIOS = {
+    "top2_last": dict(monitor="val_loss", save_top_k=2, save_last=True),
+    "top1_max_last": dict(monitor="val_loss", mode="max", save_top_k=1, save_last=True),
+    "all": dict(monitor="val_loss", save_top_k=-1, filename="{epoch}-{val_loss:.1f}"),
+    "latest_only": dict(save_top_k=1, save_last=True),
+    "keep_every": dict(save_top_k=-1),
+    "none_but_last": dict(save_top_k=0, save_last=True),
+    "every_2_epochs": dict(monitor="val_loss", save_top_k=2, every_n_epochs=2),
+    "every_3_steps": dict(monitor="val_loss", save_top_k=2, every_n_train_steps=3, save_last=True),
+    "every_3_steps_no_monitor": dict(every_n_train_steps=3, save_top_k=-1),
+    "same_name_versions": dict(monitor="val_loss", save_top_k=3, filename="constant"),
+    "same_name_overwrite": dict(
+        monitor="val_loss", save_top_k=3, filename="constant", enable_version_counter=False
+    ),
+    "link": dict(monitor="val_loss", save_top_k=2, save_last="link"),
+}
+SCORES = [5.0, 3.0, 4.0, float("nan"), 2.0, 2.5, 6.0]
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_topk_bookkeeping_matches_lightning(tmp_path, scenario):
+    (theirs, t_trainer, t_dir), (ours, o_trainer, o_dir) = _run_both(tmp_path, SCORES, **SCENARIOS[scenario])
+    assert o_trainer.saved == t_trainer.saved  # same files written at the same steps, in the same order
+    assert sorted(os.listdir(o_dir)) == sorted(os.listdir(t_dir))  # same files kept
+    for name in os.listdir(t_dir):
+        assert os.path.islink(o_dir / name) == os.path.islink(t_dir / name)
+        assert (o_dir / name).read_text() == (t_dir / name).read_text()
+    assert {_rel(k, o_dir): float(v) for k, v in ours.best_k_models.items()} == {
+        _rel(k, t_dir): float(v) for k, v in theirs.best_k_models.items()
+    }
+    for attr in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        assert _rel(getattr(ours, attr), o_dir) == _rel(getattr(theirs, attr), t_dir), attr
+    for attr in ("best_model_score", "kth_value", "current_score"):
+        a, b = getattr(ours, attr), getattr(theirs, attr)
+        assert (a is None) == (b is None), attr
+        if a is not None:
+            assert float(a) == float(b) or (math.isnan(float(a)) and math.isnan(float(b))), attr
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+
+
+def test_topk_nan_is_stored_as_worst(tmp_path):
+    ckpt = rcb.ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=-1)
+    FakeTrainer(tmp_path).fit(ckpt, [1.0, float("nan")])
+    assert sorted(float(v) for v in ckpt.best_k_models.values()) == [1.0, float("inf")]
+    assert float(ckpt.best_model_score) == 1.0
+
+
+def test_missing_monitor_raises_only_after_validation_ran(tmp_path):
+    trainer = FakeTrainer(tmp_path, num_val_batches=[0])
+    with pytest.warns(UserWarning, match="could not find the monitored key"):
+        trainer.fit(rcb.ModelCheckpoint(dirpath=tmp_path, monitor="val_acc"), [1.0], validate=False)
+    with pytest.raises(Exception, match="could not find the monitored key") as err:
+        FakeTrainer(tmp_path).fit(rcb.ModelCheckpoint(dirpath=tmp_path, monitor="val_acc"), [1.0])
+    assert type(err.value).__name__ == "MisconfigurationException"
+
+
+def test_state_dict_round_trip_continues_bookkeeping(tmp_path):
+    first = rcb.ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2, save_last=True)
+    trainer = FakeTrainer(tmp_path)
+    trainer.fit(first, [3.0, 1.0])
+    state = first.state_dict()
+    assert set(state) == {
+        "monitor", "best_model_score", "best_model_path", "current_score", "dirpath",
+        "best_k_models", "kth_best_model_path", "kth_value", "last_model_path",
+    }  # fmt: skip
+
+    resumed = rcb.ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2, save_last=True)
+    resumed.load_state_dict(state)
+    assert resumed.best_k_models == first.best_k_models and resumed.last_model_path == first.last_model_path
+    trainer.callback_metrics = {"val_loss": torch.tensor(2.0)}
+    trainer.global_step += 1
+    trainer.current_epoch = 2
+    resumed.setup(trainer, None, "fit")
+    resumed.on_train_epoch_end(trainer, None)
+    # 3.0 dropped out of the top 2 and its file is gone; last.ckpt was overwritten, not versioned.
+    assert sorted(float(v) for v in resumed.best_k_models.values()) == [1.0, 2.0]
+    assert sorted(os.listdir(tmp_path)) == ["epoch=1-step=4.ckpt", "epoch=2-step=5.ckpt", "last.ckpt"]
+
+    moved = rcb.ModelCheckpoint(dirpath=tmp_path / "elsewhere", monitor="val_loss")
+    with pytest.warns(UserWarning, match="dirpath has changed"):
+        moved.load_state_dict(state)
+    assert moved.best_model_path == state["best_model_path"] and moved.best_k_models == {}
+
+
+def test_resume_checkpoint_is_not_deleted(tmp_path):
+    ckpt = rcb.ModelCheckpoint(dirpath=tmp_path, save_top_k=1)
+    trainer = FakeTrainer(tmp_path)
+    trainer.fit(ckpt, [None], epochs=1)
+    resumed_from = ckpt.best_model_path
+    trainer.ckpt_path = resumed_from
+    trainer.fit(ckpt, [None], epochs=1)
+    assert os.path.exists(resumed_from) and ckpt.best_model_path != resumed_from
+
+
+def test_only_rank_zero_deletes(tmp_path):
+    ckpt = rcb.ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=1)
+    trainer = FakeTrainer(tmp_path, is_global_zero=False, global_rank=1, world_size=2)
+    trainer.fit(ckpt, [3.0, 1.0])
+    assert len(os.listdir(tmp_path)) == 2  # rank 1 wrote (through the fake trainer) but removed nothing
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"fast_dev_run": True}, {"sanity_checking": True}, {"state": SimpleNamespace(fn="validate")}],
+)
+def test_skipped_saves_match_lightning(tmp_path, overrides):
+    (_, theirs, _), (_, ours, _) = _run_both(tmp_path, [1.0, 2.0], trainer_kwargs=overrides, save_last=True)
+    assert ours.saved == theirs.saved
+    assert [name for name, _ in ours.saved] in ([], ["last.ckpt"])  # at most the on_train_end last.ckpt
+
+
+def test_save_on_train_epoch_end_rule():
+    ckpt = rcb.ModelCheckpoint()
+    decide = ckpt._should_save_on_train_epoch_end
+    assert decide(SimpleNamespace(val_check_interval=1.0, check_val_every_n_epoch=1, num_val_batches=[3]))
+    assert decide(SimpleNamespace(val_check_interval=0.5, check_val_every_n_epoch=1, num_val_batches=[0]))
+    assert not decide(SimpleNamespace(val_check_interval=0.5, check_val_every_n_epoch=1, num_val_batches=[3]))
+    assert not decide(SimpleNamespace(val_check_interval=1.0, check_val_every_n_epoch=2, num_val_batches=[3]))
+    assert not decide(
+        SimpleNamespace(val_check_interval="00:00:01:00", check_val_every_n_epoch=1, num_val_batches=[3])
+    )
+    assert rcb.ModelCheckpoint(save_on_train_epoch_end=False)._should_save_on_train_epoch_end(None) is False
+
+
+def test_train_time_interval_saves_once_elapsed(tmp_path):
+    ckpt = rcb.ModelCheckpoint(dirpath=tmp_path, train_time_interval=timedelta(seconds=0), save_top_k=-1)
+    trainer = FakeTrainer(tmp_path, batches=3)
+    trainer.fit(ckpt, [None])
+    assert [step for _, step in trainer.saved] == [1, 2, 3]
+
+
+def test_after_save_checkpoint_reaches_every_logger(tmp_path):
+    seen = []
+    loggers = [SimpleNamespace(after_save_checkpoint=lambda cb, i=i: seen.append((i, cb))) for i in range(2)]
+    ckpt = rcb.ModelCheckpoint(dirpath=tmp_path)
+    FakeTrainer(tmp_path, loggers=loggers).fit(ckpt, [None, None])
+    assert seen == [(0, ckpt), (1, ckpt)] * 2
+
+
+def test_to_yaml(tmp_path):
+    ckpt = rcb.ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=2)
+    FakeTrainer(tmp_path).fit(ckpt, [3.0, 1.0, 2.0])
+    ckpt.to_yaml()
+    data = yaml.safe_load((tmp_path / "best_k_models.yaml").read_text())
+    assert data == {k: float(v) for k, v in ckpt.best_k_models.items()} and sorted(data.values()) == [
+        1.0,
+        2.0,
+    ]
+
+
+def test_dirpath_resolution(tmp_path):
+    ckpt = rcb.ModelCheckpoint()
+    trainer = FakeTrainer(tmp_path)
+    assert ckpt._resolve_dirpath(trainer) == str(tmp_path / "checkpoints")
+    trainer.loggers = [SimpleNamespace(save_dir=str(tmp_path / "logs"), name="lightning_logs", version=3)]
+    assert ckpt._resolve_dirpath(trainer) == str(
+        tmp_path / "logs" / "lightning_logs" / "version_3" / "checkpoints"
+    )
+    trainer.loggers = [SimpleNamespace(save_dir=None, name="n", version="run-a")]
+    assert ckpt._resolve_dirpath(trainer) == str(tmp_path / "n" / "run-a" / "checkpoints")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# EarlyStopping
+# ----------------------------------------------------------------------------------------------------------
+def test_early_stopping_state_key_and_defaults():
+    for kwargs in ({"monitor": "val_loss"}, {"monitor": "acc", "mode": "max"}):
+        assert rcb.EarlyStopping(**kwargs).state_key == lcb.EarlyStopping(**kwargs).state_key
+    es = rcb.EarlyStopping("val_loss")
+    assert es.state_key == "EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}"
+    assert es.runs_after_module_epoch_end
+    assert (es.wait_count, es.stopped_epoch, es.stopping_reason, es.stopping_reason_message) == (
+        0,
+        0,
+        EarlyStoppingReason.NOT_STOPPED,
+        None,
+    )
+    with pytest.raises(Exception, match="`mode` can be"):
+        rcb.EarlyStopping("x", mode="avg")
+
+
+ES_CASES = {
+    "patience": (dict(patience=2), [5, 4, 4.5, 4.2, 3, 3.5, 3.6]),
+    "min_delta": (dict(patience=2, min_delta=0.5), [5, 4.6, 4.4, 4.0, 3.9, 3.8]),
+    "max_mode": (dict(patience=1, mode="max", min_delta=0.1), [0.1, 0.5, 0.55, 0.7]),
+    "stopping_threshold": (dict(stopping_threshold=1.0), [3, 2, 0.9, 5]),
+    "divergence": (dict(divergence_threshold=10.0), [3, 2, 11, 1]),
+    "non_finite": (dict(), [3, float("inf"), 1]),
+    "non_finite_unchecked": (dict(check_finite=False, patience=2), [3, float("nan"), float("nan"), 1]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ES_CASES))
+def test_early_stopping_decisions_match_lightning(case):
+    kwargs, values = ES_CASES[case]
+    ours, theirs = rcb.EarlyStopping("m", **kwargs), lcb.EarlyStopping("m", **kwargs)
+    for value in values:
+        current = torch.tensor(float(value))
+        assert ours._evaluate_stopping_criteria(current) == theirs._evaluate_stopping_criteria(current)
+        assert ours.wait_count == theirs.wait_count
+        assert ours.stopping_reason.name == theirs.stopping_reason.name
+        assert float(ours.best_score) == float(theirs.best_score)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+
+
+def _es_trainer(**overrides):
+    trainer = FakeTrainer(Path("."), **overrides)
+    trainer.strategy = SimpleNamespace(
+        reduce_boolean_decision=lambda decision, all=True: decision or all is False
+    )
+    return trainer
+
+
+def test_early_stopping_checks_where_lightning_does():
+    es = rcb.EarlyStopping("m", patience=1)
+    trainer = _es_trainer(callback_metrics={"m": torch.tensor(1.0)})
+    es.setup(trainer, None, "fit")
+    assert es._check_on_train_epoch_end is True
+    es.on_validation_end(trainer, None)  # not the place: nothing happens
+    assert es.best_score.isinf()
+    es.on_train_epoch_end(trainer, None)
+    assert float(es.best_score) == 1.0
+    for skip in ({"sanity_checking": True}, {"state": SimpleNamespace(fn="validate")}, {"fast_dev_run": 1}):
+        es.on_train_epoch_end(_es_trainer(callback_metrics={"m": torch.tensor(0.1)}, **skip), None)
+        assert float(es.best_score) == 1.0, skip
+
+    late = rcb.EarlyStopping("m", patience=1)
+    late.setup(_es_trainer(val_check_interval=0.5), None, "fit")
+    assert late._check_on_train_epoch_end is False
+
+
+def test_early_stopping_stops_via_reduce_boolean_decision():
+    es = rcb.EarlyStopping("m", patience=1)
+    calls = []
+
+    def reduce(decision, all=True):
+        calls.append((decision, all))
+        return True  # another rank wants to stop
+
+    trainer = FakeTrainer(Path("."), callback_metrics={"m": torch.tensor(1.0)}, current_epoch=4)
+    trainer.strategy = SimpleNamespace(reduce_boolean_decision=reduce)
+    es.setup(trainer, None, "fit")
+    es.on_train_epoch_end(trainer, None)
+    assert calls == [(False, False)]
+    assert trainer.should_stop and es.stopped_epoch == 4
+
+
+def test_early_stopping_missing_metric():
+    trainer = _es_trainer(callback_metrics={"other": torch.tensor(1.0)})
+    with pytest.raises(RuntimeError, match="not available"):
+        rcb.EarlyStopping("m")._run_early_stopping_check(trainer)
+    rcb.EarlyStopping("m", strict=False)._run_early_stopping_check(trainer)  # quietly skipped
+    assert not trainer.should_stop
+
+
+def test_early_stopping_state_round_trip():
+    es = rcb.EarlyStopping("m", patience=1)
+    for v in (2.0, 3.0):
+        es._evaluate_stopping_criteria(torch.tensor(v))
+    other = rcb.EarlyStopping("m", patience=5)
+    other.load_state_dict(es.state_dict())
+    assert (other.wait_count, other.patience, float(other.best_score), other.stopping_reason) == (
+        1,
+        1,
+        2.0,
+        EarlyStoppingReason.PATIENCE_EXHAUSTED,
+    )
+    # A Lightning checkpoint's state loads too (the enum is stored as its value).
+    theirs = lcb.EarlyStopping("m")
+    theirs._evaluate_stopping_criteria(torch.tensor(float("nan")))
+    other.load_state_dict(theirs.state_dict())
+    assert other.stopping_reason is EarlyStoppingReason.NON_FINITE_METRIC
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Other callbacks
+# ----------------------------------------------------------------------------------------------------------
+def _optimizers_and_configs():
+    p = [torch.nn.Parameter(torch.zeros(1)) for _ in range(6)]
+    sgd1 = torch.optim.SGD([p[0]], lr=0.1, momentum=0.9)
+    sgd2 = torch.optim.SGD([{"params": [p[1]]}, {"params": [p[2]], "lr": 0.5}], lr=0.2)
+    adam = torch.optim.Adam([{"params": [p[3]], "name": "enc"}, {"params": [p[4]], "name": "dec"}], lr=1e-3)
+    named = torch.optim.SGD([{"params": [p[5]], "name": "head"}], lr=0.3)
+    sched = torch.optim.lr_scheduler.StepLR(sgd1, step_size=1)
+    named_sched = torch.optim.lr_scheduler.StepLR(adam, step_size=1)
+    configs = [
+        SimpleNamespace(scheduler=sched, interval="step", frequency=1, name=None),
+        SimpleNamespace(scheduler=named_sched, interval="epoch", frequency=1, name="my-adam"),
+    ]
+    return [sgd1, sgd2, adam, named], configs
+
+
+def test_lr_monitor_names_match_lightning():
+    optimizers, configs = _optimizers_and_configs()
+    trainer = SimpleNamespace(loggers=[object()], optimizers=optimizers, lr_scheduler_configs=configs)
+    ours, theirs = rcb.LearningRateMonitor(log_momentum=True), lcb.LearningRateMonitor(log_momentum=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours.on_train_start(trainer)
+        theirs.on_train_start(trainer)
+    assert list(ours.lrs) == list(theirs.lrs)
+    assert list(ours.lrs) == [
+        "lr-SGD",
+        "my-adam/enc",
+        "my-adam/dec",
+        "lr-SGD-1/pg1",
+        "lr-SGD-1/pg2",
+        "lr-SGD-2/head",
+    ]
+    assert list(ours.last_momentum_values) == list(theirs.last_momentum_values)
+
+
+def test_lr_monitor_logs_by_interval():
+    optimizers, configs = _optimizers_and_configs()
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((dict(metrics), step)))
+    trainer = SimpleNamespace(
+        loggers=[logger],
+        optimizers=optimizers,
+        lr_scheduler_configs=configs,
+        callback_metrics={},
+        lightning_module=None,
+        log_every_n_steps=1,
+        should_stop=False,
+        _logger_step=7,
+    )
+    monitor = rcb.LearningRateMonitor(log_weight_decay=True)
+    monitor.on_train_start(trainer)
+    monitor.on_train_batch_start(trainer, None, None, 0)
+    step_keys = set(logged[0][0])
+    assert logged[0][1] == 7 and "lr-SGD" in step_keys and "my-adam/enc" not in step_keys  # epoch-interval
+    assert "lr-SGD-1/pg2" in step_keys and logged[0][0]["lr-SGD-1/pg2"] == 0.5  # no scheduler: every time
+    assert "lr-SGD-weight_decay" in step_keys
+    monitor.on_train_epoch_start(trainer)
+    assert "my-adam/enc" in logged[1][0] and "lr-SGD" not in logged[1][0]
+    assert float(trainer.callback_metrics["my-adam/dec"]) == pytest.approx(1e-3)
+    trainer.log_every_n_steps = 50
+    monitor.on_train_batch_start(trainer, None, None, 0)
+    assert len(logged) == 2  # not a logging step
+    with pytest.raises(Exception, match="no logger"):
+        rcb.LearningRateMonitor().on_train_start(SimpleNamespace(loggers=[]))
+
+
+def test_timer():
+    assert (
+        rcb.Timer("01:02:03:04")._duration == timedelta(days=1, hours=2, minutes=3, seconds=4).total_seconds()
+    )
+    assert rcb.Timer({"minutes": 2})._duration == 120
+    for bad in ({"duration": "1:2"}, {"interval": "batch"}):
+        with pytest.raises(Exception) as theirs:
+            lcb.Timer(**bad)
+        with pytest.raises(Exception) as ours:
+            rcb.Timer(**bad)
+        assert type(ours.value).__name__ == type(theirs.value).__name__
+    timer = rcb.Timer(duration=timedelta(seconds=0))
+    trainer = _es_trainer()
+    trainer.strategy.broadcast = lambda obj, src=0: obj
+    timer.on_train_start(trainer, None)
+    timer.on_train_batch_end(trainer, None, None, None, 0)
+    assert trainer.should_stop
+    assert (
+        timer.time_elapsed("train") >= 0
+        and timer.time_remaining() <= 0
+        and timer.start_time("validate") is None
+    )
+    state = timer.state_dict()
+    assert set(state["time_elapsed"]) == set(lcb.Timer().state_dict()["time_elapsed"])
+    resumed = rcb.Timer(duration="00:00:00:10")
+    resumed.load_state_dict({"time_elapsed": {"train": 4.0}})
+    assert resumed.time_elapsed() == 4.0 and resumed.time_remaining() == 6.0
+
+
+def test_gradient_accumulation_scheduler_matches_lightning():
+    ours = rcb.GradientAccumulationScheduler({2: 4, 5: 2})
+    theirs = lcb.GradientAccumulationScheduler({2: 4, 5: 2})
+    assert [ours.get_accumulate_grad_batches(e) for e in range(8)] == [
+        theirs.get_accumulate_grad_batches(e) for e in range(8)
+    ]
+    trainer = SimpleNamespace(current_epoch=3, accumulate_grad_batches=1)
+    ours.on_train_epoch_start(trainer)
+    assert trainer.accumulate_grad_batches == 4
+    for bad in ({}, {-1: 2}, {0: 0}):
+        with pytest.raises(Exception) as t_err:
+            lcb.GradientAccumulationScheduler(dict(bad))
+        with pytest.raises(Exception) as o_err:
+            rcb.GradientAccumulationScheduler(dict(bad))
+        assert type(o_err.value).__name__ == type(t_err.value).__name__
+
+
+def test_lambda_callback():
+    calls = []
+    cb = rcb.LambdaCallback(on_train_epoch_end=lambda trainer, pl_module: calls.append(trainer), setup=print)
+    cb.on_train_epoch_end("t", "m")
+    cb.on_fit_start("t", "m")  # untouched hooks stay no-ops
+    assert calls == ["t"] and cb.setup is print
+
+
+def test_human_readable_count_matches_lightning():
+    from pytorch_lightning.utilities.model_summary.model_summary import get_human_readable_count as theirs
+
+    for n in (0, 1, 12, 123, 999, 1000, 1234, 99_999, 100_000, 2e6, 3e9, 4e14, 5e15, 987_654_321):
+        assert get_human_readable_count(n) == theirs(n), n
+
+
+def _summary_model(pl):
+    class Net(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(32, 2)
+            self.seq = torch.nn.Sequential(
+                torch.nn.Linear(32, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2)
+            )
+            self.seq[1].eval()
+            self.frozen = torch.nn.Linear(3, 3).requires_grad_(False)
+
+        def forward(self, x):
+            return self.layer(x) + self.seq(x)
+
+    return Net()
+
+
+@pytest.mark.parametrize("depth", [1, 2, -1])
+@pytest.mark.parametrize("with_example", [False, True])
+def test_model_summary_table_matches_lightning(depth, with_example):
+    import pytorch_lightning as lpl
+    from pytorch_lightning.utilities.model_summary import ModelSummary as LightningSummary
+
+    model = _summary_model(lpl)
+    if with_example:
+        model.example_input_array = torch.randn(4, 32)
+    assert format_summary_table(summarize(model, depth)) == str(LightningSummary(model, max_depth=depth))
+    assert model.training and not model.seq[1].training  # modes restored after the example forward
+
+
+def test_model_summary_callback_prints_on_rank_zero(caplog):
+    import pytorch_lightning as lpl
+
+    model = _summary_model(lpl)
+    with caplog.at_level(logging.INFO, logger="raylit"):
+        rcb.ModelSummary().on_fit_start(SimpleNamespace(is_global_zero=False), model)
+        assert caplog.text == ""
+        rcb.ModelSummary(max_depth=0).on_fit_start(SimpleNamespace(is_global_zero=True), model)
+        assert caplog.text == ""
+        rcb.ModelSummary().on_fit_start(SimpleNamespace(is_global_zero=True), model)
+    assert (
+        "| Name   | Type       | Params | Mode  | FLOPs" in caplog.text
+        and "376       Total params" in caplog.text
+    )
+
+
+def test_rich_model_summary_renders(capsys):
+    import pytorch_lightning as lpl
+
+    rcb.RichModelSummary().on_fit_start(SimpleNamespace(is_global_zero=True), _summary_model(lpl))
+    out = capsys.readouterr().out
+    assert "Sequential" in out and "Total params" in out and "376" in out
+
+
+def test_progress_bar_standard_metrics_match_lightning():
+    from pytorch_lightning.callbacks.progress.progress_bar import get_standard_metrics as theirs
+
+    def logger(version):
+        return SimpleNamespace(version=version)
+
+    for loggers in (
+        [],
+        [logger(3)],
+        [logger("abcdefgh")],
+        [logger(1), logger(1)],
+        [logger(1), logger("x")],
+        [logger("")],
+    ):
+        trainer = SimpleNamespace(loggers=loggers)
+        assert get_standard_metrics(trainer) == theirs(trainer)
+
+
+def test_progress_bar_get_metrics_and_rank():
+    trainer = SimpleNamespace(
+        loggers=[SimpleNamespace(version=2)], progress_bar_metrics={"loss": 0.5}, is_global_zero=False
+    )
+    bar = rcb.TQDMProgressBar()
+    assert bar.get_metrics(trainer, None) == {"v_num": 2, "loss": 0.5}
+    bar.setup(trainer, None, "fit")
+    assert bar.is_disabled
+    rich_bar = rcb.RichProgressBar()
+    rich_bar.setup(trainer, None, "fit")
+    assert rich_bar.is_disabled
+    assert rcb.TQDMProgressBar(refresh_rate=0).is_disabled and rcb.RichProgressBar(refresh_rate=0).is_disabled
+
+
+def test_prediction_writer_validates_interval():
+    with pytest.raises(Exception, match="write_interval"):
+        rcb.BasePredictionWriter("sometimes")
+    assert rcb.BasePredictionWriter("batch_and_epoch").interval.on_batch
+
+
+def test_on_exception_checkpoint(tmp_path):
+    with pytest.raises(ValueError):
+        rcb.OnExceptionCheckpoint(tmp_path, filename="")
+    cb = rcb.OnExceptionCheckpoint(tmp_path)
+    assert cb.ckpt_path == str(tmp_path / "on_exception.ckpt") and isinstance(cb, rcb.Checkpoint)
+    trainer = FakeTrainer(tmp_path)
+    cb.on_exception(trainer, None, RuntimeError())
+    assert os.path.exists(cb.ckpt_path)
+    cb.teardown(trainer, None, "fit")
+    assert not os.path.exists(cb.ckpt_path)
+
+
+def test_exports_match_lightning_names():
+    ours = set(rcb.__all__)
+    wanted = {
+        "BasePredictionWriter", "Callback", "Checkpoint", "EarlyStopping", "GradientAccumulationScheduler",
+        "LambdaCallback", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "OnExceptionCheckpoint",
+        "ProgressBar", "RichModelSummary", "RichProgressBar", "TQDMProgressBar", "Timer",
+    }  # fmt: skip
+    assert wanted <= ours and wanted <= set(lcb.__all__)
