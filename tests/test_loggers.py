@@ -651,3 +651,80 @@ def test_mlflow_logger_without_mlflow_says_how_to_install(monkeypatch):
 
     with pytest.raises(ModuleNotFoundError, match="pip install mlflow"):
         MLFlowLogger()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# WandbLogger (optional: runs where wandb is installed; offline mode only, nothing leaves the machine)
+# ----------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def offline_wandb(monkeypatch, tmp_path):
+    wandb = pytest.importorskip("wandb")
+    for key, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_DISABLE_CODE": "true",
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb_data"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    yield wandb
+    if wandb.run is not None:
+        wandb.run.finish()
+    wandb.teardown()  # stop the wandb-core service this test started
+
+
+def _drive_wandb(logger_cls, save_dir: Path) -> dict:
+    logger = logger_cls(save_dir=str(save_dir), offline=True, name="run-a", prefix="p")
+    logger.log_hyperparams({"lr": 0.1, "layers": [8, 4], "act": torch.nn.ReLU, "path": Path("/data")})
+    logger.log_metrics({"loss": torch.tensor(0.5), "acc": 0.25}, step=3)
+    logger.log_metrics({"loss": 0.125}, step=4)
+    logger.finalize("success")
+    run = logger.experiment
+    result = {
+        "name": logger.name,
+        "version_is_run_id": logger.version == run.id,
+        "save_dir": logger.save_dir,
+        "run_name": run.name,
+        "project": run.project,
+        "config": {k: v for k, v in dict(run.config).items() if not k.startswith("_")},
+        "summary": {k: v for k, v in dict(run.summary).items() if not k.startswith("_")},
+        "run_folder_under_save_dir": Path(run.dir).resolve().is_relative_to((save_dir / "wandb").resolve()),
+    }
+    run.finish()
+    return result
+
+
+def test_wandb_logger_matches_lightning(tmp_path, offline_wandb, monkeypatch):
+    from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
+
+    from raylit.loggers import WandbLogger
+
+    ours = _drive_wandb(WandbLogger, tmp_path / "ours")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # Lightning's offline=True overwrites it with "dryrun"
+    theirs = _drive_wandb(LightningWandbLogger, tmp_path / "theirs")
+    assert ours.pop("save_dir") == str(tmp_path / "ours")
+    assert theirs.pop("save_dir") == str(tmp_path / "theirs")
+    assert ours == theirs
+    assert ours["name"] == "lightning_logs" and ours["run_name"] == "run-a"
+    assert ours["config"] == {"lr": 0.1, "layers": [8, 4], "act": "ReLU", "path": "/data"}
+    assert ours["summary"]["p-loss"] == 0.125 and ours["summary"]["trainer/global_step"] == 4
+    assert ours["run_folder_under_save_dir"]
+
+
+def test_wandb_logger_rejects_log_model_offline_and_pickles_without_a_run(tmp_path, offline_wandb):
+    from raylit.loggers import WandbLogger
+    from raylit.utilities.exceptions import MisconfigurationException
+
+    with pytest.raises(MisconfigurationException, match="offline"):
+        WandbLogger(offline=True, log_model=True)
+
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="proj", version="abc123")
+    clone = pickle.loads(pickle.dumps(logger))  # e.g. sent to a Ray worker: no run is started by pickling
+    assert offline_wandb.run is None and clone._experiment is None
+    assert (clone.name, clone.version, clone.save_dir) == ("proj", "abc123", str(tmp_path))
+    clone.log_metrics({"a": 1.0}, step=0)  # the copy starts the run with the id it was given
+    assert clone.experiment.id == "abc123" and clone.experiment.summary["a"] == 1.0
+    clone.experiment.finish()

@@ -8,5 +8,6 @@ from raylit.loggers.base import DummyLogger, Logger
 from raylit.loggers.csv_logs import CSVLogger
 from raylit.loggers.mlflow import MLFlowLogger
 from raylit.loggers.tensorboard import TensorBoardLogger
+from raylit.loggers.wandb import WandbLogger
 
-__all__ = ["CSVLogger", "DummyLogger", "Logger", "MLFlowLogger", "TensorBoardLogger"]
+__all__ = ["CSVLogger", "DummyLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger"]
