@@ -14,6 +14,7 @@ No golden files: Lightning 2.6 *is* the specification.
 from __future__ import annotations
 
 import collections
+import warnings
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -879,3 +880,298 @@ def test_testing_datasets_match_lightning_demos():
         H.assert_close_values(a, b, rtol=0, atol=0, path=name)
         assert hasattr(getattr(theirs, name)(4, 5), "__len__") == hasattr(getattr(ours, name)(4, 5), "__len__")
     assert len(ours.RandomIterableDatasetWithLen(4, 5)) == 5
+
+
+# ==========================================================================================================
+# 8. configure_optimizers return forms
+# ==========================================================================================================
+OPTIMIZER_FORMS = ["optimizer", "list", "tuple_of_lists", "lists_with_config_dict", "dict", "dict_with_config",
+                   "tuple_of_dicts_one", "none"]
+
+
+@lru_cache(maxsize=None)
+def optimizer_form_model_cls(pl):
+    NumModel, _ = numeric_classes(pl)
+
+    class FormModel(NumModel):
+        def __init__(self, form):
+            super().__init__()
+            self.form = form
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.5)
+            sch = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+            f = self.form
+            if f == "optimizer":
+                return opt
+            if f == "list":
+                return [opt]
+            if f == "tuple_of_lists":
+                return [opt], [sch]
+            if f == "lists_with_config_dict":
+                return [opt], [{"scheduler": sch, "interval": "step", "frequency": 3, "name": "my_sched"}]
+            if f == "dict":
+                return {"optimizer": opt, "lr_scheduler": sch}
+            if f == "dict_with_config":
+                return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "step"}}
+            if f == "tuple_of_dicts_one":
+                return ({"optimizer": opt, "lr_scheduler": sch},)
+            if f == "none":
+                return None
+            raise AssertionError(f)
+
+    return FormModel
+
+
+def run_optimizer_form(pl, root, form):
+    pl.seed_everything(1, verbose=False)
+    model = optimizer_form_model_cls(pl)(form)
+    trainer = pl.Trainer(default_root_dir=str(root), max_epochs=2, **H.QUIET)
+    trainer.fit(model)
+    configs = [
+        {a: getattr(c, a, "<missing>") for a in ("interval", "frequency", "monitor", "name", "reduce_on_plateau")}
+        for c in trainer.lr_scheduler_configs
+    ]
+    return {
+        "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "global_step": trainer.global_step,
+        "n_optimizers": len(trainer.optimizers),
+        "lrs": [[g["lr"] for g in o.param_groups] for o in trainer.optimizers],
+        "scheduler_configs": configs,
+        "counts": dict(model.counts),
+    }
+
+
+@pytest.mark.parametrize("form", OPTIMIZER_FORMS)
+def test_configure_optimizers_forms(pl, form, tmp_path, lightning_reference):
+    differential(
+        pl, ("optim_form", form), lambda fw, root: run_optimizer_form(fw, root, form), _numeric_compare(),
+        tmp_path, lightning_reference,
+    )
+
+
+# ==========================================================================================================
+# 9. What on_train_batch_end receives as `outputs`
+# ==========================================================================================================
+@lru_cache(maxsize=None)
+def outputs_classes(pl):
+    NumModel, _ = numeric_classes(pl)
+
+    class OutputsModel(NumModel):
+        def __init__(self, form):
+            super().__init__()
+            self.form = form
+            self.outputs_seen = []
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            if self.form == "tensor":
+                return loss
+            if self.form == "dict_extra":
+                return {"loss": loss, "extra": loss * 2, "note": "text"}
+            if self.form == "none_on_batch_1":
+                return None if batch_idx == 1 else loss
+            raise AssertionError(self.form)
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            if outputs is None:
+                self.outputs_seen.append((batch_idx, None))
+                return
+            summary = {}
+            for k, v in outputs.items():
+                if isinstance(v, torch.Tensor):
+                    summary[k] = ("Tensor", v.requires_grad, round(float(v.detach()), 5))
+                else:
+                    summary[k] = (type(v).__name__, v)
+            self.outputs_seen.append((batch_idx, type(outputs).__name__, summary))
+
+    return OutputsModel
+
+
+@pytest.mark.parametrize("form", ["tensor", "dict_extra", "none_on_batch_1"])
+def test_train_batch_end_outputs(pl, form, tmp_path, lightning_reference):
+    def program(fw, root):
+        fw.seed_everything(0, verbose=False)
+        model = outputs_classes(fw)(form)
+        fw.Trainer(default_root_dir=str(root), max_epochs=1, limit_train_batches=3, **H.QUIET).fit(model)
+        return model.outputs_seen
+
+    differential(pl, ("outputs", form), program, H.assert_close_values, tmp_path, lightning_reference)
+
+
+# ==========================================================================================================
+# 10. predict return value
+# ==========================================================================================================
+@pytest.mark.parametrize("n_loaders", [1, 2])
+def test_predict_return_value(pl, n_loaders, tmp_path, lightning_reference):
+    def program(fw, root):
+        fw.seed_everything(0, verbose=False)
+        calls: list = []
+        model = H.make_classes(fw).HookedModel(calls, n_predict=n_loaders, eval_len=5)
+        trainer = fw.Trainer(default_root_dir=str(root), **H.QUIET)
+        out = trainer.predict(model)
+        return {"predictions": out, "no_return": trainer.predict(model, return_predictions=False)}
+
+    differential(pl, ("predict_return", n_loaders), program, H.assert_close_values, tmp_path, lightning_reference)
+
+
+# ==========================================================================================================
+# 11. A LightningModule outside a Trainer
+# ==========================================================================================================
+def run_detached_module(pl, root):
+    NumModel, _ = numeric_classes(pl)
+    model = NumModel()
+    out = {}
+    try:
+        model.trainer
+        out["trainer"] = "no error"
+    except Exception as err:
+        out["trainer"] = H.exception_family(err)
+    for attr in ("current_epoch", "global_step", "global_rank", "local_rank", "logger", "loggers",
+                 "automatic_optimization", "device", "dtype", "training"):
+        out[attr] = str(getattr(model, attr, "<missing>"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.log("outside", 1.0)
+        out["log"] = "no error"
+    except Exception as err:
+        out["log"] = H.exception_family(err)
+    model.double()
+    out["dtype_after_double"] = str(model.dtype)
+    out["frozen_requires_grad"] = [p.requires_grad for p in model.freeze().parameters()] if hasattr(
+        model.freeze(), "parameters") else "freeze() returned None"
+    return out
+
+
+def test_module_outside_trainer(pl, tmp_path, lightning_reference):
+    differential(pl, ("detached",), run_detached_module, H.assert_close_values, tmp_path, lightning_reference)
+
+
+# ==========================================================================================================
+# 12. Built-in callbacks: EarlyStopping and ModelCheckpoint
+# ==========================================================================================================
+def run_builtin_callbacks(pl, root):
+    cbs = H.submodule(pl, "callbacks")
+    NumModel, _ = numeric_classes(pl)
+    pl.seed_everything(5, verbose=False)
+    model = NumModel(lr=0.05, opt="sgd", val_len=6)
+    es = cbs.EarlyStopping(monitor="val_loss", patience=1, mode="min", min_delta=0.05)
+    ckdir = root / "ckpts"
+    mc = cbs.ModelCheckpoint(dirpath=str(ckdir), monitor="val_loss", save_top_k=2, save_last=True,
+                             filename="{epoch}-{val_loss:.3f}")
+    kwargs = dict(H.QUIET, enable_checkpointing=True)
+    trainer = pl.Trainer(default_root_dir=str(root), max_epochs=8, callbacks=[es, mc], **kwargs)
+    trainer.fit(model)
+
+    def name(p):
+        return p.rsplit("/", 1)[-1] if p else p
+
+    files = sorted(p.name for p in ckdir.iterdir())
+    best = torch.load(mc.best_model_path, weights_only=False, map_location="cpu")
+    return {
+        "current_epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "es": {"stopped_epoch": es.stopped_epoch, "wait_count": es.wait_count,
+               "best_score": float(es.best_score)},
+        "files": files,
+        "best_model_path": name(mc.best_model_path),
+        "best_model_score": float(mc.best_model_score),
+        "best_k_models": {name(k): float(v) for k, v in mc.best_k_models.items()},
+        "last_model_path": name(mc.last_model_path),
+        "best_ckpt": {
+            "epoch": best["epoch"],
+            "global_step": best["global_step"],
+            "state_dict": best["state_dict"],
+            "callback_state_keys": sorted(best.get("callbacks", {})),
+            "n_optimizer_states": len(best.get("optimizer_states", [])),
+        },
+        "best_ckpt_keys": sorted(best),
+    }
+
+
+@pytest.mark.parametrize("part", ["training", "checkpoint_files", "checkpoint_content"])
+def test_builtin_callbacks(pl, part, tmp_path, lightning_reference):
+    def compare(e, a):
+        if part == "training":
+            H.assert_close_values({k: e[k] for k in ("current_epoch", "global_step", "es")},
+                                  {k: a[k] for k in ("current_epoch", "global_step", "es")})
+        elif part == "checkpoint_files":
+            keys = ("files", "best_model_path", "best_model_score", "best_k_models", "last_model_path")
+            H.assert_close_values({k: e[k] for k in keys}, {k: a[k] for k in keys})
+        else:
+            H.assert_close_values(e["best_ckpt"], a["best_ckpt"], rtol=1e-6, atol=1e-7, path="ckpt")
+            missing = sorted(set(e["best_ckpt_keys"]) - set(a["best_ckpt_keys"]))
+            assert not missing, f"checkpoint lacks Lightning's top-level keys {missing}"
+
+    differential(pl, ("builtin_callbacks",), run_builtin_callbacks, compare, tmp_path, lightning_reference)
+
+
+# ==========================================================================================================
+# 13. Resuming from a checkpoint
+# ==========================================================================================================
+def run_resume(pl, root):
+    NumModel, _ = numeric_classes(pl)
+    classes = H.make_classes(pl)
+    pl.seed_everything(3, verbose=False)
+    first = NumModel(opt="adam", lr=0.01, sched="steplr_epoch")
+    t1 = pl.Trainer(default_root_dir=str(root), max_epochs=1, **H.QUIET)
+    t1.fit(first)
+    path = str(root / "after_epoch_0.ckpt")
+    t1.save_checkpoint(path)
+
+    pl.seed_everything(4, verbose=False)
+    second = NumModel(opt="adam", lr=0.01, sched="steplr_epoch")
+    calls: list = []
+    t2 = pl.Trainer(default_root_dir=str(root), max_epochs=3, callbacks=[classes.HookedCallback(calls)], **H.QUIET)
+    t2.fit(second, ckpt_path=path)
+    return {
+        "weights": {k: v.detach().clone() for k, v in second.state_dict().items()},
+        "global_step": t2.global_step,
+        "current_epoch": t2.current_epoch,
+        "lrs": [[g["lr"] for g in o.param_groups] for o in t2.optimizers],
+        "counts": dict(second.counts),
+        "seen": second.seen,
+        "callback_calls": calls,
+    }
+
+
+@pytest.mark.parametrize("part", ["state", "callback_hooks"])
+def test_resume_from_checkpoint(pl, part, tmp_path, lightning_reference):
+    def compare(e, a):
+        if part == "callback_hooks":
+            H.assert_same_sequence(e["callback_calls"], a["callback_calls"], "callback hooks while resuming")
+        else:
+            keys = [k for k in e if k != "callback_calls"]
+            H.assert_close_values({k: e[k] for k in keys}, {k: a[k] for k in keys}, rtol=1e-5, atol=1e-7)
+
+    differential(pl, ("resume",), run_resume, compare, tmp_path, lightning_reference)
+
+
+@pytest.mark.parametrize("direction", ["lightning_to_raylit", "raylit_to_lightning"])
+def test_checkpoint_interchange(direction, tmp_path):
+    """A checkpoint written by one framework loads with ``load_from_checkpoint`` in the other."""
+    ref = H.import_framework(H.REFERENCE)
+    try:
+        ray = H.import_framework("raylit")
+        ray.Trainer
+    except Exception as err:
+        pytest.fail(f"raylit not usable: {type(err).__name__}: {err}")
+    H.quiet_logging()
+    writer, reader = (ref, ray) if direction == "lightning_to_raylit" else (ray, ref)
+    WModel, _ = numeric_classes(writer)
+    RModel, _ = numeric_classes(reader)
+    writer.seed_everything(0, verbose=False)
+    model = WModel(lr=0.05)
+    trainer = writer.Trainer(default_root_dir=str(tmp_path), max_epochs=1, **H.QUIET)
+    trainer.fit(model)
+    path = str(tmp_path / "model.ckpt")
+    trainer.save_checkpoint(path)
+    loaded = RModel.load_from_checkpoint(path, weights_only=False)
+    H.assert_close_values(
+        {k: v for k, v in model.state_dict().items()}, {k: v for k, v in loaded.state_dict().items()},
+        rtol=0, atol=0,
+    )
+    trainer2 = reader.Trainer(default_root_dir=str(tmp_path / "r"), max_epochs=2, **H.QUIET)
+    trainer2.fit(RModel(lr=0.05), ckpt_path=path)
+    assert trainer2.global_step == 8 and trainer2.current_epoch == 2
