@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import importlib.util
 import os
 import pickle
 import struct
@@ -456,7 +457,7 @@ def test_tensorboard_finalize_closes_and_pickle_drops_writer(tmp_path):
 def test_tensorboard_log_graph(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
     model.example_input_array = torch.zeros(1, 3)
-    if os.environ.get("RAYLIT_FORCE_NO_TB") or __import__("importlib").util.find_spec("tensorboard") is None:
+    if importlib.util.find_spec("tensorboard") is None:  # tensorboardX needs it to trace graphs
         with pytest.warns(UserWarning, match="tensorboard` is not available"):
             logger = TensorBoardLogger(tmp_path, log_graph=True)
         logger.log_graph(model)
@@ -524,7 +525,11 @@ def test_import_paths_and_no_backend_import():
         "assert not bad, bad"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=os.getcwd()
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 0, result.stderr
 
@@ -627,6 +632,7 @@ def test_mlflow_logger_matches_lightning(tmp_path, monkeypatch):
 def test_mlflow_logger_pickles_and_continues_the_run(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored afterwards: mlflow sets it globally
     from raylit.loggers import MLFlowLogger
 
     logger = MLFlowLogger(save_dir=str(tmp_path))
@@ -641,8 +647,6 @@ def test_mlflow_logger_pickles_and_continues_the_run(tmp_path, monkeypatch):
 
 
 def test_mlflow_logger_without_mlflow_says_how_to_install(monkeypatch):
-    import importlib.util
-
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a)
