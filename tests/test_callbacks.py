@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -739,3 +740,72 @@ def test_exports_match_lightning_names():
         "ProgressBar", "RichModelSummary", "RichProgressBar", "TQDMProgressBar", "Timer",
     }  # fmt: skip
     assert wanted <= ours and wanted <= set(lcb.__all__)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Progress bars driven through one fit's hooks, writing to a non-terminal (pytest's capture)
+# ----------------------------------------------------------------------------------------------------------
+class _BarTrainer(SimpleNamespace):
+    """Counts reads of ``progress_bar_metrics``: reading it may force a device sync in a real Trainer."""
+
+    reads = 0
+
+    @property
+    def progress_bar_metrics(self):
+        type(self).reads += 1
+        return {"loss": 0.25}
+
+
+def _drive_bar(bar, batches: int) -> _BarTrainer:
+    _BarTrainer.reads = 0
+    trainer = _BarTrainer(
+        is_global_zero=True, loggers=[SimpleNamespace(version=0)], state=SimpleNamespace(fn="fit"),
+        sanity_checking=True, num_training_batches=batches, max_epochs=1, max_steps=-1, global_step=0,
+        current_epoch=0, num_val_batches=[3], num_sanity_val_batches=[2], check_val_every_n_epoch=1,
+    )  # fmt: skip
+    bar.setup(trainer, None, "fit")
+    bar.on_sanity_check_start(trainer, None)
+    bar.on_validation_start(trainer, None)
+    for i in range(2):
+        bar.on_validation_batch_start(trainer, None, None, i)
+        bar.on_validation_batch_end(trainer, None, None, None, i)
+    bar.on_validation_epoch_end(trainer, None)
+    bar.on_validation_end(trainer, None)
+    bar.on_sanity_check_end(trainer, None)
+    trainer.sanity_checking = False
+    bar.on_train_start(trainer, None)
+    bar.on_train_epoch_start(trainer, None)
+    for i in range(batches):
+        bar.on_train_batch_end(trainer, None, None, None, i)
+    bar.on_validation_start(trainer, None)
+    for i in range(3):
+        bar.on_validation_batch_start(trainer, None, None, i)
+        bar.on_validation_batch_end(trainer, None, None, None, i)
+    bar.on_validation_epoch_end(trainer, None)
+    bar.on_validation_end(trainer, None)
+    bar.on_train_epoch_end(trainer, None)
+    bar.on_train_end(trainer, None)
+    bar.teardown(trainer, None, "fit")
+    return trainer
+
+
+@pytest.mark.parametrize("make_bar", [rcb.TQDMProgressBar, rcb.RichProgressBar], ids=["tqdm", "rich"])
+def test_progress_bar_non_terminal_output_is_throttled(capsys, make_bar):
+    start = time.monotonic()
+    _drive_bar(make_bar(), batches=3000)
+    elapsed = time.monotonic() - start
+    out = capsys.readouterr().out
+    assert "3000/3000" in out and "v_num" in out and "loss" in out
+    # Metrics are read when a redraw is due, not per batch: about once a second plus the epoch boundaries.
+    assert _BarTrainer.reads <= 6 + 2 * elapsed, _BarTrainer.reads
+    # A fixed number of redraws at phase boundaries, plus at most ~1/s: never one per batch (3000 here).
+    assert out.count("\r") + out.count("\n") <= 40 + 2 * elapsed
+
+
+def test_progress_bars_disabled_off_rank_zero(capsys):
+    for make_bar in (rcb.TQDMProgressBar, rcb.RichProgressBar):
+        bar = make_bar()
+        trainer = SimpleNamespace(is_global_zero=False)
+        bar.setup(trainer, None, "fit")
+        assert bar.is_disabled
+    assert capsys.readouterr().out == ""

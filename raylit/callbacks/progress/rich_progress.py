@@ -210,7 +210,8 @@ class RichProgressBar(ProgressBar):
         self._reset_progress_bar_ids()
         self._totals: dict[TaskID, int | float] = {}
         self._console = Console(**self._console_kwargs) if self._console_kwargs else get_console()
-        self._console.clear_live()
+        if getattr(self._console, "_live_stack", None):  # a bar left running by an earlier, crashed run
+            self._console.clear_live()
         self._metric_component = _MetricsColumn(self, self.theme)
         # No auto-refresh thread: a thread redrawing 100 times a second would compete with training for
         # the GIL. We redraw from the hooks instead (see _refresh).
