@@ -17,10 +17,11 @@ import importlib
 import math
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +31,12 @@ REFERENCE = "pytorch_lightning"
 FRAMEWORKS = (REFERENCE, "raylit")
 
 # Trainer kwargs that keep both frameworks quiet and comparable.
-QUIET = dict(enable_progress_bar=False, enable_model_summary=False, logger=False, enable_checkpointing=False)
+QUIET = {
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "logger": False,
+    "enable_checkpointing": False,
+}
 
 # Noise Lightning emits for tiny CPU programs; none of it is a failure.
 NOISY_WARNINGS = (
@@ -291,7 +297,7 @@ def _module_super(cls_getter):
     return call
 
 
-@lru_cache(maxsize=None)
+@cache
 def make_classes(pl) -> SimpleNamespace:
     """Hook-recording LightningModule / Callback / DataModule built from the framework module ``pl``."""
 
@@ -493,7 +499,7 @@ def make_classes(pl) -> SimpleNamespace:
 # ----------------------------------------------------------------------------------------------------------
 # Hook-order configurations
 # ----------------------------------------------------------------------------------------------------------
-_SMALL = dict(limit_train_batches=2, limit_val_batches=2, max_epochs=2)
+_SMALL = {"limit_train_batches": 2, "limit_val_batches": 2, "max_epochs": 2}
 
 
 @dataclass
@@ -501,85 +507,119 @@ class HookConfig:
     entries: tuple[str, ...] = ("fit",)
     trainer: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
-    datamodule: str | None = "plain"  # None: the module's own loaders; "transfer": DM overrides transfer hooks
+    datamodule: str | None = (
+        "plain"  # None: the module's own loaders; "transfer": DM overrides transfer hooks
+    )
     dm: dict = field(default_factory=dict)
     record_state_dict: bool = False  # record CB.state_dict / DM.state_dict (checkpoint saves)
     description: str = ""
 
 
 HOOK_CONFIGS: dict[str, HookConfig] = {
-    "fit_default": HookConfig(trainer=dict(_SMALL), description="sanity check (2 batches), 2 epochs x 2 batches"),
+    "fit_default": HookConfig(
+        trainer=dict(_SMALL), description="sanity check (2 batches), 2 epochs x 2 batches"
+    ),
     "fit_no_datamodule": HookConfig(
         trainer=dict(_SMALL), datamodule=None, description="the module's own *_dataloader methods"
     ),
     "fit_datamodule_transfer_hooks": HookConfig(
-        trainer=dict(limit_train_batches=2, limit_val_batches=1, max_epochs=1, num_sanity_val_steps=1),
+        trainer={
+            "limit_train_batches": 2,
+            "limit_val_batches": 1,
+            "max_epochs": 1,
+            "num_sanity_val_steps": 1,
+        },
         datamodule="transfer",
         description="the DataModule overrides the batch-transfer hooks",
     ),
     "fit_accumulate_2": HookConfig(
-        trainer=dict(limit_train_batches=3, limit_val_batches=1, max_epochs=2, accumulate_grad_batches=2),
+        trainer={
+            "limit_train_batches": 3,
+            "limit_val_batches": 1,
+            "max_epochs": 2,
+            "accumulate_grad_batches": 2,
+        },
         description="accumulate_grad_batches=2 over 3 batches (steps on batch 1 and on the last batch)",
     ),
     "fit_manual": HookConfig(
-        trainer=dict(_SMALL), model=dict(manual=True), description="manual optimisation, one optimizer"
+        trainer=dict(_SMALL), model={"manual": True}, description="manual optimisation, one optimizer"
     ),
     "fit_val_check_interval_half": HookConfig(
-        trainer=dict(limit_train_batches=4, limit_val_batches=1, max_epochs=1, val_check_interval=0.5),
+        trainer={
+            "limit_train_batches": 4,
+            "limit_val_batches": 1,
+            "max_epochs": 1,
+            "val_check_interval": 0.5,
+        },
         description="validation twice per epoch",
     ),
     "fit_gradient_clip": HookConfig(
-        trainer=dict(limit_train_batches=2, limit_val_batches=1, max_epochs=1, gradient_clip_val=0.5),
+        trainer={"limit_train_batches": 2, "limit_val_batches": 1, "max_epochs": 1, "gradient_clip_val": 0.5},
         description="gradient_clip_val=0.5 (norm)",
     ),
     "fit_step_scheduler": HookConfig(
-        trainer=dict(limit_train_batches=2, limit_val_batches=1, max_epochs=2),
-        model=dict(sched="step"),
+        trainer={"limit_train_batches": 2, "limit_val_batches": 1, "max_epochs": 2},
+        model={"sched": "step"},
         description="interval='step' scheduler",
     ),
     "fit_plateau_scheduler": HookConfig(
-        trainer=dict(limit_train_batches=2, limit_val_batches=1, max_epochs=2),
-        model=dict(sched="plateau"),
+        trainer={"limit_train_batches": 2, "limit_val_batches": 1, "max_epochs": 2},
+        model={"sched": "plateau"},
         description="ReduceLROnPlateau monitoring val_loss",
     ),
     "fit_no_scheduler_no_sanity": HookConfig(
-        trainer=dict(limit_train_batches=2, limit_val_batches=1, max_epochs=1, num_sanity_val_steps=0),
-        model=dict(sched=None),
+        trainer={
+            "limit_train_batches": 2,
+            "limit_val_batches": 1,
+            "max_epochs": 1,
+            "num_sanity_val_steps": 0,
+        },
+        model={"sched": None},
         description="plain optimizer, num_sanity_val_steps=0",
     ),
     "fit_two_val_loaders": HookConfig(
-        trainer=dict(limit_train_batches=1, limit_val_batches=2, max_epochs=1),
-        model=dict(n_val=2),
-        dm=dict(n_val=2),
+        trainer={"limit_train_batches": 1, "limit_val_batches": 2, "max_epochs": 1},
+        model={"n_val": 2},
+        dm={"n_val": 2},
         description="two val dataloaders (dataloader_idx passed)",
     ),
     "fit_checkpointing": HookConfig(
-        trainer=dict(limit_train_batches=2, limit_val_batches=1, max_epochs=2, enable_checkpointing=True),
+        trainer={
+            "limit_train_batches": 2,
+            "limit_val_batches": 1,
+            "max_epochs": 2,
+            "enable_checkpointing": True,
+        },
         record_state_dict=True,
         description="default ModelCheckpoint on: save-hook order",
     ),
     "fit_exception": HookConfig(
-        trainer=dict(limit_train_batches=3, limit_val_batches=1, max_epochs=1),
-        model=dict(raise_at=1),
+        trainer={"limit_train_batches": 3, "limit_val_batches": 1, "max_epochs": 1},
+        model={"raise_at": 1},
         description="training_step raises ValueError on batch 1: on_exception hooks, then the error propagates",
     ),
     "fit_then_validate_test": HookConfig(
         entries=("fit", "validate", "test"),
-        trainer=dict(limit_train_batches=1, limit_val_batches=1, limit_test_batches=1, max_epochs=1),
+        trainer={"limit_train_batches": 1, "limit_val_batches": 1, "limit_test_batches": 1, "max_epochs": 1},
         description="one Trainer: fit, then validate, then test",
     ),
-    "validate": HookConfig(entries=("validate",), trainer=dict(limit_val_batches=2)),
+    "validate": HookConfig(entries=("validate",), trainer={"limit_val_batches": 2}),
     "validate_two_loaders": HookConfig(
-        entries=("validate",), trainer=dict(limit_val_batches=2), model=dict(n_val=2), dm=dict(n_val=2)
+        entries=("validate",), trainer={"limit_val_batches": 2}, model={"n_val": 2}, dm={"n_val": 2}
     ),
-    "validate_no_datamodule": HookConfig(entries=("validate",), trainer=dict(limit_val_batches=2), datamodule=None),
-    "test": HookConfig(entries=("test",), trainer=dict(limit_test_batches=2)),
+    "validate_no_datamodule": HookConfig(
+        entries=("validate",), trainer={"limit_val_batches": 2}, datamodule=None
+    ),
+    "test": HookConfig(entries=("test",), trainer={"limit_test_batches": 2}),
     "test_two_loaders": HookConfig(
-        entries=("test",), trainer=dict(limit_test_batches=2), model=dict(n_test=2), dm=dict(n_test=2)
+        entries=("test",), trainer={"limit_test_batches": 2}, model={"n_test": 2}, dm={"n_test": 2}
     ),
-    "predict": HookConfig(entries=("predict",), trainer=dict(limit_predict_batches=2)),
+    "predict": HookConfig(entries=("predict",), trainer={"limit_predict_batches": 2}),
     "predict_two_loaders": HookConfig(
-        entries=("predict",), trainer=dict(limit_predict_batches=2), model=dict(n_predict=2), dm=dict(n_predict=2)
+        entries=("predict",),
+        trainer={"limit_predict_batches": 2},
+        model={"n_predict": 2},
+        dm={"n_predict": 2},
     ),
 }
 
@@ -608,7 +648,7 @@ def run_hook_config(pl, name: str, root) -> list[str]:
             kw["datamodule"] = dm
         try:
             fn(model, **kw)
-        except Exception as err:  # recorded, so the on_exception/teardown order can be compared
+        except Exception as err:  # noqa: BLE001 - recorded, so the on_exception/teardown order can be compared
             calls.append(f"## raised {type(err).__name__}")
             break
     return calls
@@ -626,9 +666,7 @@ def assert_same_sequence(expected: list[str], actual: list[str], what: str = "ho
     )
     exp_at = expected[first] if first < len(expected) else "<end>"
     act_at = actual[first] if first < len(actual) else "<end>"
-    diff = "\n".join(
-        difflib.unified_diff(expected, actual, "lightning", "raylit", n=3, lineterm="")
-    )
+    diff = "\n".join(difflib.unified_diff(expected, actual, "lightning", "raylit", n=3, lineterm=""))
     raise AssertionError(
         f"{what} differ at index {first}: expected {exp_at!r}, got {act_at!r} "
         f"(lengths {len(expected)} vs {len(actual)})\n{diff}"
@@ -644,7 +682,9 @@ def to_float_dict(d: dict) -> dict[str, float]:
     return out
 
 
-def assert_close_values(expected: Any, actual: Any, rtol: float = 1e-5, atol: float = 1e-6, path: str = "") -> None:
+def assert_close_values(
+    expected: Any, actual: Any, rtol: float = 1e-5, atol: float = 1e-6, path: str = ""
+) -> None:
     """Structural comparison: dicts by key, sequences by position, numbers/tensors with allclose."""
     if isinstance(expected, dict):
         assert isinstance(actual, dict), f"{path}: expected dict, got {type(actual).__name__}: {actual!r}"
@@ -663,7 +703,9 @@ def assert_close_values(expected: Any, actual: Any, rtol: float = 1e-5, atol: fl
         return
     if isinstance(expected, torch.Tensor):
         assert isinstance(actual, torch.Tensor), f"{path}: expected Tensor, got {type(actual).__name__}"
-        assert expected.shape == actual.shape, f"{path}: shape {tuple(expected.shape)} != {tuple(actual.shape)}"
+        assert expected.shape == actual.shape, (
+            f"{path}: shape {tuple(expected.shape)} != {tuple(actual.shape)}"
+        )
         assert expected.dtype == actual.dtype, f"{path}: dtype {expected.dtype} != {actual.dtype}"
         if not torch.allclose(expected.double(), actual.double(), rtol=rtol, atol=atol, equal_nan=True):
             delta = (expected.double() - actual.double()).abs().max().item()
@@ -676,7 +718,9 @@ def assert_close_values(expected: Any, actual: Any, rtol: float = 1e-5, atol: fl
         if math.isnan(expected):
             assert math.isnan(actual), f"{path}: expected nan, got {actual}"
             return
-        assert math.isclose(expected, actual, rel_tol=rtol, abs_tol=atol), f"{path}: {expected!r} != {actual!r}"
+        assert math.isclose(expected, actual, rel_tol=rtol, abs_tol=atol), (
+            f"{path}: {expected!r} != {actual!r}"
+        )
         return
     assert expected == actual, f"{path}: {expected!r} != {actual!r}"
 
@@ -686,7 +730,14 @@ def exception_family(exc: BaseException) -> str:
     names = [c.__name__ for c in type(exc).__mro__]
     if "MisconfigurationException" in names:
         return "MisconfigurationException"
-    for fam in ("NotImplementedError", "TypeError", "ValueError", "KeyError", "AttributeError", "RuntimeError"):
+    for fam in (
+        "NotImplementedError",
+        "TypeError",
+        "ValueError",
+        "KeyError",
+        "AttributeError",
+        "RuntimeError",
+    ):
         if fam in names:
             return fam
     return "Exception"
@@ -696,7 +747,6 @@ def exception_family(exc: BaseException) -> str:
 # Dump of Lightning's hook orders (for the engine author)
 # ----------------------------------------------------------------------------------------------------------
 def dump_lightning_hook_orders(path: str = "/tmp/lightning_hook_orders.txt") -> None:
-    import logging
     import tempfile
 
     quiet_warnings()
@@ -712,7 +762,9 @@ def dump_lightning_hook_orders(path: str = "/tmp/lightning_hook_orders.txt") -> 
         with tempfile.TemporaryDirectory() as root:
             calls = run_hook_config(pl, name, root)
         lines.append(f"=== {name}: {cfg.description}".rstrip(": "))
-        lines.append(f"# entries={list(cfg.entries)} trainer={cfg.trainer} model={cfg.model} datamodule={cfg.datamodule}")
+        lines.append(
+            f"# entries={list(cfg.entries)} trainer={cfg.trainer} model={cfg.model} datamodule={cfg.datamodule}"
+        )
         lines.extend(calls)
         lines.append("")
     with open(path, "w") as f:

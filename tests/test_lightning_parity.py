@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import collections
 import warnings
-from functools import lru_cache
+from functools import cache
 from types import SimpleNamespace
 
+import _parity_helpers as H
 import pytest
 import torch
 from torch import nn
-
-import _parity_helpers as H
 
 pytestmark = [pytest.mark.filterwarnings(f"ignore:{p}") for p in H.NOISY_WARNINGS]
 
@@ -35,7 +34,7 @@ def pl(request):
     name = request.param
     try:
         mod = H.import_framework(name)
-    except Exception as err:  # raylit not importable yet: a failure, not a skip
+    except Exception as err:  # noqa: BLE001 - raylit not importable yet: a failure, not a skip
         pytest.fail(f"`import {name}` failed: {type(err).__name__}: {err}")
     missing = [
         a
@@ -79,15 +78,43 @@ def test_hook_order(pl, config, tmp_path, lightning_reference):
 
 
 REQUIRED_FIT_HOOKS = {
-    "LM.configure_callbacks", "LM.prepare_data", "DM.prepare_data", "DM.setup", "CB.setup", "LM.setup",
-    "LM.configure_model", "LM.configure_optimizers", "CB.on_fit_start", "LM.on_fit_start",
-    "CB.on_sanity_check_start", "CB.on_sanity_check_end", "LM.on_validation_model_eval",
-    "LM.on_validation_model_train", "LM.on_validation_model_zero_grad", "LM.on_before_batch_transfer",
-    "LM.transfer_batch_to_device", "LM.on_after_batch_transfer", "LM.optimizer_step", "LM.training_step",
-    "LM.on_before_zero_grad", "CB.on_before_zero_grad", "LM.optimizer_zero_grad", "LM.on_before_backward",
-    "LM.backward", "LM.on_after_backward", "CB.on_before_optimizer_step", "LM.on_before_optimizer_step",
-    "LM.configure_gradient_clipping", "LM.lr_scheduler_step", "CB.on_train_batch_end", "LM.on_train_epoch_end",
-    "DM.teardown", "CB.teardown", "LM.teardown", "CB.on_fit_end", "LM.on_fit_end",
+    "LM.configure_callbacks",
+    "LM.prepare_data",
+    "DM.prepare_data",
+    "DM.setup",
+    "CB.setup",
+    "LM.setup",
+    "LM.configure_model",
+    "LM.configure_optimizers",
+    "CB.on_fit_start",
+    "LM.on_fit_start",
+    "CB.on_sanity_check_start",
+    "CB.on_sanity_check_end",
+    "LM.on_validation_model_eval",
+    "LM.on_validation_model_train",
+    "LM.on_validation_model_zero_grad",
+    "LM.on_before_batch_transfer",
+    "LM.transfer_batch_to_device",
+    "LM.on_after_batch_transfer",
+    "LM.optimizer_step",
+    "LM.training_step",
+    "LM.on_before_zero_grad",
+    "CB.on_before_zero_grad",
+    "LM.optimizer_zero_grad",
+    "LM.on_before_backward",
+    "LM.backward",
+    "LM.on_after_backward",
+    "CB.on_before_optimizer_step",
+    "LM.on_before_optimizer_step",
+    "LM.configure_gradient_clipping",
+    "LM.lr_scheduler_step",
+    "CB.on_train_batch_end",
+    "LM.on_train_epoch_end",
+    "DM.teardown",
+    "CB.teardown",
+    "LM.teardown",
+    "CB.on_fit_end",
+    "LM.on_fit_end",
 }
 
 
@@ -106,19 +133,35 @@ def test_hook_recorder_covers_required_hooks(tmp_path):
 # ==========================================================================================================
 # 2. Trainer state seen from inside the hooks
 # ==========================================================================================================
-STATE_CONFIGS = ["fit_default", "fit_accumulate_2", "fit_manual", "fit_val_check_interval_half",
-                 "fit_then_validate_test", "predict"]
+STATE_CONFIGS = [
+    "fit_default",
+    "fit_accumulate_2",
+    "fit_manual",
+    "fit_val_check_interval_half",
+    "fit_then_validate_test",
+    "predict",
+]
 
 
-@lru_cache(maxsize=None)
+@cache
 def state_callback_cls(pl):
     def make(name, spec):
         def method(self, trainer, pl_module, *args, **kwargs):
-            flags = [f for f, on in (
-                ("sanity", trainer.sanity_checking), ("train", trainer.training), ("val", trainer.validating),
-                ("test", trainer.testing), ("predict", trainer.predicting)) if on]
-            line = (f"{name}: gs={trainer.global_step} ep={trainer.current_epoch} state={'+'.join(flags) or '-'} "
-                    f"module.training={pl_module.training} stop={trainer.should_stop}")
+            flags = [
+                f
+                for f, on in (
+                    ("sanity", trainer.sanity_checking),
+                    ("train", trainer.training),
+                    ("val", trainer.validating),
+                    ("test", trainer.testing),
+                    ("predict", trainer.predicting),
+                )
+                if on
+            ]
+            line = (
+                f"{name}: gs={trainer.global_step} ep={trainer.current_epoch} state={'+'.join(flags) or '-'} "
+                f"module.training={pl_module.training} stop={trainer.should_stop}"
+            )
             if "batch" in name:
                 line += f" grad={torch.is_grad_enabled()} inference={torch.is_inference_mode_enabled()}"
             if name.startswith("on_train_batch"):
@@ -167,7 +210,7 @@ def test_trainer_state_in_hooks(pl, config, tmp_path, lightning_reference):
 # ==========================================================================================================
 # 3. Metrics: self.log semantics, callback/logged/progress-bar metrics, validate/test return values, loggers
 # ==========================================================================================================
-@lru_cache(maxsize=None)
+@cache
 def metric_classes(pl):
     Logger = H.submodule(pl, "loggers").Logger
 
@@ -214,8 +257,13 @@ def metric_classes(pl):
             self.log("t_sum", float(batch_idx + 1), on_step=False, on_epoch=True, reduce_fx="sum")
             self.log("t_max", loss, on_step=False, on_epoch=True, reduce_fx="max")
             self.log("t_min", loss, on_step=False, on_epoch=True, reduce_fx=torch.min)
-            self.log("t_weighted", torch.tensor(float(batch_idx)), on_step=False, on_epoch=True,
-                     batch_size=batch_idx + 1)
+            self.log(
+                "t_weighted",
+                torch.tensor(float(batch_idx)),
+                on_step=False,
+                on_epoch=True,
+                batch_size=batch_idx + 1,
+            )
             self.log("t_int", batch_idx, prog_bar=True)
             self.log("t_logger_false", loss, logger=False, prog_bar=True)
             self.log_dict({"d_a": loss * 2, "d_b": loss * 3}, on_step=True, on_epoch=True)
@@ -276,7 +324,9 @@ def run_metrics_program(pl, root):
     model = c.model_cls()
     logger = c.logger_cls()
     kwargs = dict(H.QUIET)
-    kwargs.update(logger=logger, log_every_n_steps=1, max_epochs=2, limit_val_batches=2, num_sanity_val_steps=1)
+    kwargs.update(
+        logger=logger, log_every_n_steps=1, max_epochs=2, limit_val_batches=2, num_sanity_val_steps=1
+    )
     trainer = pl.Trainer(default_root_dir=str(root), callbacks=[c.callback_cls()], **kwargs)
     result = {}
     trainer.fit(model)
@@ -306,29 +356,59 @@ def test_metrics(pl, part, tmp_path, lightning_reference):
     )
     if part == "after_fit":  # the program really exercises what it claims to (checked on the reference)
         cm = expected["after_fit"]["callback_metrics"]
-        for key in ("t_both", "t_both_step", "t_both_epoch", "t_sum", "t_weighted", "epoch_end_metric",
-                    "val_loss/dataloader_idx_0", "val_loss/dataloader_idx_1", "cb_val_epoch"):
+        for key in (
+            "t_both",
+            "t_both_step",
+            "t_both_epoch",
+            "t_sum",
+            "t_weighted",
+            "epoch_end_metric",
+            "val_loss/dataloader_idx_0",
+            "val_loss/dataloader_idx_1",
+            "cb_val_epoch",
+        ):
             assert key in cm, key
 
 
 # ==========================================================================================================
 # 4. Numerics and counters
 # ==========================================================================================================
-@lru_cache(maxsize=None)
+@cache
 def numeric_classes(pl):
     class NumModel(pl.LightningModule):
-        def __init__(self, opt="sgd", lr=0.1, sched=None, hidden=0, dropout=0.0, none_on_odd=False,
-                     skip_at=None, stop_at=None, manual=False, two_opts=False, train_len=8, val_len=4,
-                     batch_size=2, shuffle=False):
+        def __init__(
+            self,
+            opt="sgd",
+            lr=0.1,
+            sched=None,
+            hidden=0,
+            dropout=0.0,
+            none_on_odd=False,
+            skip_at=None,
+            stop_at=None,
+            manual=False,
+            two_opts=False,
+            train_len=8,
+            val_len=4,
+            batch_size=2,
+            shuffle=False,
+        ):
             super().__init__()
             if hidden:
-                self.net = nn.Sequential(nn.Linear(32, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 2))
+                self.net = nn.Sequential(
+                    nn.Linear(32, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 2)
+                )
             else:
                 self.net = nn.Linear(32, 2)
             self.opt, self.lr, self.sched = opt, lr, sched
             self.none_on_odd, self.skip_at, self.stop_at = none_on_odd, skip_at, stop_at
             self.two_opts = two_opts
-            self.train_len, self.val_len, self.batch_size, self.shuffle = train_len, val_len, batch_size, shuffle
+            self.train_len, self.val_len, self.batch_size, self.shuffle = (
+                train_len,
+                val_len,
+                batch_size,
+                shuffle,
+            )
             self.automatic_optimization = not manual
             self.counts = collections.Counter()
             self.seen = []
@@ -383,8 +463,10 @@ def numeric_classes(pl):
 
         def configure_optimizers(self):
             params = list(self.parameters())
-            make = {"sgd": lambda p: torch.optim.SGD(p, lr=self.lr),
-                    "adam": lambda p: torch.optim.Adam(p, lr=self.lr)}[self.opt]
+            make = {
+                "sgd": lambda p: torch.optim.SGD(p, lr=self.lr),
+                "adam": lambda p: torch.optim.Adam(p, lr=self.lr),
+            }[self.opt]
             if self.two_opts:
                 return [make(params[:1]), make(params[1:])]
             opt = make(params)
@@ -394,7 +476,10 @@ def numeric_classes(pl):
                 return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
             if self.sched == "step_freq2":
                 sch = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
-                return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "step", "frequency": 2}}
+                return {
+                    "optimizer": opt,
+                    "lr_scheduler": {"scheduler": sch, "interval": "step", "frequency": 2},
+                }
             if self.sched == "plateau":
                 sch = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0, threshold=0.5)
                 return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "monitor": "val_loss"}}
@@ -406,11 +491,26 @@ def numeric_classes(pl):
         def val_dataloader(self):
             return H.loader(self.val_len, self.batch_size, seed=2)
 
-    ATTRS = ("num_training_batches", "num_val_batches", "num_sanity_val_batches", "val_check_batch",
-             "estimated_stepping_batches", "max_epochs", "min_epochs", "max_steps", "accumulate_grad_batches",
-             "limit_train_batches", "limit_val_batches", "check_val_every_n_epoch", "val_check_interval",
-             "num_sanity_val_steps", "fast_dev_run", "overfit_batches", "gradient_clip_val",
-             "gradient_clip_algorithm")
+    ATTRS = (
+        "num_training_batches",
+        "num_val_batches",
+        "num_sanity_val_batches",
+        "val_check_batch",
+        "estimated_stepping_batches",
+        "max_epochs",
+        "min_epochs",
+        "max_steps",
+        "accumulate_grad_batches",
+        "limit_train_batches",
+        "limit_val_batches",
+        "check_val_every_n_epoch",
+        "val_check_interval",
+        "num_sanity_val_steps",
+        "fast_dev_run",
+        "overfit_batches",
+        "gradient_clip_val",
+        "gradient_clip_algorithm",
+    )
 
     class AttrCallback(pl.Callback):
         def __init__(self):
@@ -426,36 +526,50 @@ def numeric_classes(pl):
 
 
 NUMERIC_CONFIGS = {
-    "sgd": (dict(), dict(max_epochs=2)),
-    "adam_steplr_epoch": (dict(opt="adam", lr=0.01, sched="steplr_epoch"), dict(max_epochs=3)),
-    "step_scheduler_frequency_2": (dict(sched="step_freq2"), dict(max_epochs=2)),
-    "reduce_lr_on_plateau": (dict(sched="plateau"), dict(max_epochs=3)),
-    "accumulate_3_of_5": (dict(train_len=10), dict(max_epochs=2, accumulate_grad_batches=3)),
-    "clip_norm": (dict(lr=0.5), dict(max_epochs=2, gradient_clip_val=0.05)),
-    "clip_norm_explicit": (dict(lr=0.5), dict(max_epochs=1, gradient_clip_val=0.05, gradient_clip_algorithm="norm")),
-    "clip_value": (dict(lr=0.5), dict(max_epochs=2, gradient_clip_val=0.01, gradient_clip_algorithm="value")),
-    "max_steps_mid_epoch": (dict(), dict(max_epochs=5, max_steps=3)),
-    "max_steps_infinite_epochs": (dict(), dict(max_epochs=-1, max_steps=6)),
-    "limit_train_batches_float": (dict(train_len=16), dict(max_epochs=2, limit_train_batches=0.5)),
-    "limit_train_batches_int": (dict(train_len=16), dict(max_epochs=1, limit_train_batches=3)),
-    "limit_val_batches_0": (dict(), dict(max_epochs=2, limit_val_batches=0)),
-    "num_sanity_val_steps_all": (dict(val_len=8), dict(max_epochs=1, num_sanity_val_steps=-1, limit_val_batches=3)),
-    "fast_dev_run_true": (dict(), dict(fast_dev_run=True)),
-    "fast_dev_run_3": (dict(), dict(fast_dev_run=3)),
-    "overfit_batches": (dict(shuffle=True), dict(max_epochs=2, overfit_batches=2)),
-    "check_val_every_2_epochs": (dict(), dict(max_epochs=4, check_val_every_n_epoch=2)),
-    "val_check_interval_int": (dict(train_len=10), dict(max_epochs=2, val_check_interval=2)),
+    "sgd": ({}, {"max_epochs": 2}),
+    "adam_steplr_epoch": ({"opt": "adam", "lr": 0.01, "sched": "steplr_epoch"}, {"max_epochs": 3}),
+    "step_scheduler_frequency_2": ({"sched": "step_freq2"}, {"max_epochs": 2}),
+    "reduce_lr_on_plateau": ({"sched": "plateau"}, {"max_epochs": 3}),
+    "accumulate_3_of_5": ({"train_len": 10}, {"max_epochs": 2, "accumulate_grad_batches": 3}),
+    "clip_norm": ({"lr": 0.5}, {"max_epochs": 2, "gradient_clip_val": 0.05}),
+    "clip_norm_explicit": (
+        {"lr": 0.5},
+        {"max_epochs": 1, "gradient_clip_val": 0.05, "gradient_clip_algorithm": "norm"},
+    ),
+    "clip_value": (
+        {"lr": 0.5},
+        {"max_epochs": 2, "gradient_clip_val": 0.01, "gradient_clip_algorithm": "value"},
+    ),
+    "max_steps_mid_epoch": ({}, {"max_epochs": 5, "max_steps": 3}),
+    "max_steps_infinite_epochs": ({}, {"max_epochs": -1, "max_steps": 6}),
+    "limit_train_batches_float": ({"train_len": 16}, {"max_epochs": 2, "limit_train_batches": 0.5}),
+    "limit_train_batches_int": ({"train_len": 16}, {"max_epochs": 1, "limit_train_batches": 3}),
+    "limit_val_batches_0": ({}, {"max_epochs": 2, "limit_val_batches": 0}),
+    "num_sanity_val_steps_all": (
+        {"val_len": 8},
+        {"max_epochs": 1, "num_sanity_val_steps": -1, "limit_val_batches": 3},
+    ),
+    "fast_dev_run_true": ({}, {"fast_dev_run": True}),
+    "fast_dev_run_3": ({}, {"fast_dev_run": 3}),
+    "overfit_batches": ({"shuffle": True}, {"max_epochs": 2, "overfit_batches": 2}),
+    "check_val_every_2_epochs": ({}, {"max_epochs": 4, "check_val_every_n_epoch": 2}),
+    "val_check_interval_int": ({"train_len": 10}, {"max_epochs": 2, "val_check_interval": 2}),
     "val_check_interval_int_across_epochs": (
-        dict(train_len=6), dict(max_epochs=3, val_check_interval=4, check_val_every_n_epoch=None)),
-    "val_check_interval_float": (dict(train_len=8), dict(max_epochs=1, val_check_interval=0.25)),
-    "on_train_batch_start_minus_one": (dict(skip_at=2), dict(max_epochs=2)),
-    "should_stop_in_batch": (dict(stop_at=("batch", 0, 1)), dict(max_epochs=3)),
-    "should_stop_with_min_epochs": (dict(stop_at=("epoch", 0)), dict(max_epochs=5, min_epochs=3)),
-    "training_step_returns_none": (dict(none_on_odd=True), dict(max_epochs=2)),
-    "shuffled_train_loader": (dict(shuffle=True), dict(max_epochs=2)),
-    "mlp_dropout_adam": (dict(hidden=16, dropout=0.5, opt="adam", lr=0.01, shuffle=True), dict(max_epochs=2)),
-    "manual_two_optimizers": (dict(manual=True, two_opts=True), dict(max_epochs=2)),
-    "manual_max_steps": (dict(manual=True, two_opts=True), dict(max_epochs=3, max_steps=5)),
+        {"train_len": 6},
+        {"max_epochs": 3, "val_check_interval": 4, "check_val_every_n_epoch": None},
+    ),
+    "val_check_interval_float": ({"train_len": 8}, {"max_epochs": 1, "val_check_interval": 0.25}),
+    "on_train_batch_start_minus_one": ({"skip_at": 2}, {"max_epochs": 2}),
+    "should_stop_in_batch": ({"stop_at": ("batch", 0, 1)}, {"max_epochs": 3}),
+    "should_stop_with_min_epochs": ({"stop_at": ("epoch", 0)}, {"max_epochs": 5, "min_epochs": 3}),
+    "training_step_returns_none": ({"none_on_odd": True}, {"max_epochs": 2}),
+    "shuffled_train_loader": ({"shuffle": True}, {"max_epochs": 2}),
+    "mlp_dropout_adam": (
+        {"hidden": 16, "dropout": 0.5, "opt": "adam", "lr": 0.01, "shuffle": True},
+        {"max_epochs": 2},
+    ),
+    "manual_two_optimizers": ({"manual": True, "two_opts": True}, {"max_epochs": 2}),
+    "manual_max_steps": ({"manual": True, "two_opts": True}, {"max_epochs": 3, "max_steps": 5}),
 }
 
 
@@ -523,7 +637,11 @@ def test_numeric_programs_train(tmp_path, lightning_reference):
     assert get("sgd")["global_step"] == 8 and get("sgd")["current_epoch"] == 2
     assert get("accumulate_3_of_5")["global_step"] == 4  # ceil(5 / 3) per epoch
     assert get("max_steps_mid_epoch")["global_step"] == 3
-    assert get("fast_dev_run_true")["counts"] == {"training_step": 1, "validation_step": 1, "on_train_epoch_end": 1}
+    assert get("fast_dev_run_true")["counts"] == {
+        "training_step": 1,
+        "validation_step": 1,
+        "on_train_epoch_end": 1,
+    }
     assert get("fast_dev_run_3")["counts"]["training_step"] == 3
     assert get("manual_two_optimizers")["global_step"] == 2 * 8  # every optimizer step counts
     assert get("reduce_lr_on_plateau")["lrs"][0][0] < 0.1
@@ -534,7 +652,7 @@ def test_numeric_programs_train(tmp_path, lightning_reference):
 # ==========================================================================================================
 # 5. Precision
 # ==========================================================================================================
-@lru_cache(maxsize=None)
+@cache
 def precision_model_cls(pl):
     class PrecisionModel(pl.LightningModule):
         def __init__(self):
@@ -626,13 +744,30 @@ def test_precision(pl, precision, tmp_path, lightning_reference):
         H.assert_close_values(e["val_loss"], a["val_loss"], rtol=tol, atol=tol, path="callback_metrics")
 
     differential(
-        pl, ("precision", precision), lambda fw, root: run_precision_program(fw, root, precision), compare,
-        tmp_path, lightning_reference,
+        pl,
+        ("precision", precision),
+        lambda fw, root: run_precision_program(fw, root, precision),
+        compare,
+        tmp_path,
+        lightning_reference,
     )
 
 
-PRECISION_ALIASES = [16, "16", "bf16", 32, "32", 64, "64", "16-mixed", "16-true", "bf16-true", "bf16-mixed",
-                     "32-true", "64-true"]
+PRECISION_ALIASES = [
+    16,
+    "16",
+    "bf16",
+    32,
+    "32",
+    64,
+    "64",
+    "16-mixed",
+    "16-true",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+]
 
 
 def run_precision_aliases(pl, root):
@@ -641,20 +776,26 @@ def run_precision_aliases(pl, root):
         try:
             trainer = pl.Trainer(default_root_dir=str(root), precision=p, **H.QUIET)
             out[repr(p)] = trainer.precision
-        except Exception as err:  # compare what each framework raises
+        except Exception as err:  # noqa: BLE001 - compare what each framework raises
             out[repr(p)] = f"raises {H.exception_family(err)}"
     return out
 
 
 def test_precision_aliases(pl, tmp_path, lightning_reference):
-    differential(pl, ("precision_aliases",), run_precision_aliases, H.assert_close_values, tmp_path,
-                 lightning_reference)
+    differential(
+        pl,
+        ("precision_aliases",),
+        run_precision_aliases,
+        H.assert_close_values,
+        tmp_path,
+        lightning_reference,
+    )
 
 
 # ==========================================================================================================
 # 6. Errors
 # ==========================================================================================================
-@lru_cache(maxsize=None)
+@cache
 def error_classes(pl):
     class Base(pl.LightningModule):
         def __init__(self):
@@ -742,25 +883,47 @@ def error_classes(pl):
 
 # name -> (model class name, trainer kwargs, entry point, substrings raylit's message must contain)
 ERROR_CASES = {
-    "unknown_precision": ("Base", dict(precision="fp13"), "fit", ["fp13"]),
+    "unknown_precision": ("Base", {"precision": "fp13"}, "fit", ["fp13"]),
     "bad_gradient_clip_algorithm": (
-        "Base", dict(gradient_clip_val=1.0, gradient_clip_algorithm="foo"), "fit", ["foo"]),
-    "log_in_on_fit_start": ("LogInFitStart", dict(), "fit", ["on_fit_start"]),
-    "log_in_predict_step": ("LogInPredict", dict(), "predict", ["predict_step"]),
-    "configure_optimizers_unusable": ("BadOptimizers", dict(), "fit", ["configure_optimizers"]),
+        "Base",
+        {"gradient_clip_val": 1.0, "gradient_clip_algorithm": "foo"},
+        "fit",
+        ["foo"],
+    ),
+    "log_in_on_fit_start": ("LogInFitStart", {}, "fit", ["on_fit_start"]),
+    "log_in_predict_step": ("LogInPredict", {}, "predict", ["predict_step"]),
+    "configure_optimizers_unusable": ("BadOptimizers", {}, "fit", ["configure_optimizers"]),
     "two_optimizers_automatic_optimization": (
-        "TwoOptimizersAutomatic", dict(), "fit", ["automatic_optimization"]),
-    "unknown_reduce_fx": ("BadReduceFx", dict(), "fit", ["median"]),
-    "training_step_dict_without_loss": ("DictWithoutLoss", dict(), "fit", ["loss"]),
-    "log_non_numeric_value": ("LogString", dict(), "fit", ["string_metric"]),
-    "plateau_scheduler_without_monitor": ("PlateauWithoutMonitor", dict(), "fit", ["monitor"]),
-    "gradient_clip_with_manual_optimization": ("ManualWithClip", dict(gradient_clip_val=1.0), "fit",
-                                               ["gradient_clip"]),
-    "removed_training_epoch_end": ("LegacyEpochEnd", dict(), "fit", ["training_epoch_end"]),
-    "limit_train_batches_out_of_range": ("Base", dict(limit_train_batches=1.5), "fit", ["limit_train_batches"]),
-    "negative_fast_dev_run": ("Base", dict(fast_dev_run=-1), "fit", ["fast_dev_run"]),
-    "val_check_interval_beyond_epoch": ("WithValidation", dict(val_check_interval=100, limit_val_batches=1), "fit", ["val_check_interval"]),
-    "bad_gradient_clip_val_type": ("Base", dict(gradient_clip_val="big"), "fit", ["gradient_clip_val"]),
+        "TwoOptimizersAutomatic",
+        {},
+        "fit",
+        ["automatic_optimization"],
+    ),
+    "unknown_reduce_fx": ("BadReduceFx", {}, "fit", ["median"]),
+    "training_step_dict_without_loss": ("DictWithoutLoss", {}, "fit", ["loss"]),
+    "log_non_numeric_value": ("LogString", {}, "fit", ["string_metric"]),
+    "plateau_scheduler_without_monitor": ("PlateauWithoutMonitor", {}, "fit", ["monitor"]),
+    "gradient_clip_with_manual_optimization": (
+        "ManualWithClip",
+        {"gradient_clip_val": 1.0},
+        "fit",
+        ["gradient_clip"],
+    ),
+    "removed_training_epoch_end": ("LegacyEpochEnd", {}, "fit", ["training_epoch_end"]),
+    "limit_train_batches_out_of_range": (
+        "Base",
+        {"limit_train_batches": 1.5},
+        "fit",
+        ["limit_train_batches"],
+    ),
+    "negative_fast_dev_run": ("Base", {"fast_dev_run": -1}, "fit", ["fast_dev_run"]),
+    "val_check_interval_beyond_epoch": (
+        "WithValidation",
+        {"val_check_interval": 100, "limit_val_batches": 1},
+        "fit",
+        ["val_check_interval"],
+    ),
+    "bad_gradient_clip_val_type": ("Base", {"gradient_clip_val": "big"}, "fit", ["gradient_clip_val"]),
 }
 
 
@@ -776,9 +939,14 @@ def run_error_case(pl, root, case):
         trainer = pl.Trainer(default_root_dir=str(root), **kwargs)
         phase = f"trainer.{entry}"
         getattr(trainer, entry)(model)
-    except Exception as err:
-        return {"raised": True, "phase": phase, "family": H.exception_family(err),
-                "type": type(err).__name__, "message": str(err)}
+    except Exception as err:  # noqa: BLE001
+        return {
+            "raised": True,
+            "phase": phase,
+            "family": H.exception_family(err),
+            "type": type(err).__name__,
+            "message": str(err),
+        }
     return {"raised": False, "phase": phase}
 
 
@@ -793,7 +961,11 @@ def test_errors(pl, case, tmp_path, lightning_reference):
         )
 
     _, actual = differential(
-        pl, ("error", case), lambda fw, root: run_error_case(fw, root, case), compare, tmp_path,
+        pl,
+        ("error", case),
+        lambda fw, root: run_error_case(fw, root, case),
+        compare,
+        tmp_path,
         lightning_reference,
     )
     if not is_reference(pl):
@@ -821,8 +993,14 @@ def run_demo_program(pl, root, config, demos=None):
     model_name, _, dm_name = config.partition("+")
     model = getattr(demos, model_name)()
     dm = getattr(demos, dm_name)() if dm_name else None
-    kwargs = dict(H.QUIET, max_epochs=2, limit_train_batches=5, limit_val_batches=3, limit_test_batches=2,
-                  limit_predict_batches=3)
+    kwargs = dict(
+        H.QUIET,
+        max_epochs=2,
+        limit_train_batches=5,
+        limit_val_batches=3,
+        limit_test_batches=2,
+        limit_predict_batches=3,
+    )
     trainer = pl.Trainer(default_root_dir=str(root), **kwargs)
     if model_name == "DemoModel":
         data = demos.RandomDataset(32, 16)
@@ -845,8 +1023,12 @@ def run_demo_program(pl, root, config, demos=None):
 def test_demo_classes(pl, config, tmp_path, lightning_reference):
     """raylit.testing.X under raylit == lightning's demos.boring_classes.X under Lightning."""
     differential(
-        pl, ("demo", config), lambda fw, root: run_demo_program(fw, root, config),
-        lambda e, a: H.assert_close_values(e, a, rtol=1e-6, atol=1e-7), tmp_path, lightning_reference,
+        pl,
+        ("demo", config),
+        lambda fw, root: run_demo_program(fw, root, config),
+        lambda e, a: H.assert_close_values(e, a, rtol=1e-6, atol=1e-7),
+        tmp_path,
+        lightning_reference,
     )
 
 
@@ -872,24 +1054,39 @@ def test_testing_datasets_match_lightning_demos():
 
     import raylit.testing.boring_classes as ours
 
-    for name in ("RandomDataset", "RandomDictDataset", "RandomIterableDataset", "RandomIterableDatasetWithLen"):
+    for name in (
+        "RandomDataset",
+        "RandomDictDataset",
+        "RandomIterableDataset",
+        "RandomIterableDatasetWithLen",
+    ):
         torch.manual_seed(3)
         a = list(getattr(theirs, name)(4, 5))
         torch.manual_seed(3)
         b = list(getattr(ours, name)(4, 5))
         H.assert_close_values(a, b, rtol=0, atol=0, path=name)
-        assert hasattr(getattr(theirs, name)(4, 5), "__len__") == hasattr(getattr(ours, name)(4, 5), "__len__")
+        assert hasattr(getattr(theirs, name)(4, 5), "__len__") == hasattr(
+            getattr(ours, name)(4, 5), "__len__"
+        )
     assert len(ours.RandomIterableDatasetWithLen(4, 5)) == 5
 
 
 # ==========================================================================================================
 # 8. configure_optimizers return forms
 # ==========================================================================================================
-OPTIMIZER_FORMS = ["optimizer", "list", "tuple_of_lists", "lists_with_config_dict", "dict", "dict_with_config",
-                   "tuple_of_dicts_one", "none"]
+OPTIMIZER_FORMS = [
+    "optimizer",
+    "list",
+    "tuple_of_lists",
+    "lists_with_config_dict",
+    "dict",
+    "dict_with_config",
+    "tuple_of_dicts_one",
+    "none",
+]
 
 
-@lru_cache(maxsize=None)
+@cache
 def optimizer_form_model_cls(pl):
     NumModel, _ = numeric_classes(pl)
 
@@ -929,7 +1126,10 @@ def run_optimizer_form(pl, root, form):
     trainer = pl.Trainer(default_root_dir=str(root), max_epochs=2, **H.QUIET)
     trainer.fit(model)
     configs = [
-        {a: getattr(c, a, "<missing>") for a in ("interval", "frequency", "monitor", "name", "reduce_on_plateau")}
+        {
+            a: getattr(c, a, "<missing>")
+            for a in ("interval", "frequency", "monitor", "name", "reduce_on_plateau")
+        }
         for c in trainer.lr_scheduler_configs
     ]
     return {
@@ -945,15 +1145,19 @@ def run_optimizer_form(pl, root, form):
 @pytest.mark.parametrize("form", OPTIMIZER_FORMS)
 def test_configure_optimizers_forms(pl, form, tmp_path, lightning_reference):
     differential(
-        pl, ("optim_form", form), lambda fw, root: run_optimizer_form(fw, root, form), _numeric_compare(),
-        tmp_path, lightning_reference,
+        pl,
+        ("optim_form", form),
+        lambda fw, root: run_optimizer_form(fw, root, form),
+        _numeric_compare(),
+        tmp_path,
+        lightning_reference,
     )
 
 
 # ==========================================================================================================
 # 9. What on_train_batch_end receives as `outputs`
 # ==========================================================================================================
-@lru_cache(maxsize=None)
+@cache
 def outputs_classes(pl):
     NumModel, _ = numeric_classes(pl)
 
@@ -1012,7 +1216,9 @@ def test_predict_return_value(pl, n_loaders, tmp_path, lightning_reference):
         out = trainer.predict(model)
         return {"predictions": out, "no_return": trainer.predict(model, return_predictions=False)}
 
-    differential(pl, ("predict_return", n_loaders), program, H.assert_close_values, tmp_path, lightning_reference)
+    differential(
+        pl, ("predict_return", n_loaders), program, H.assert_close_values, tmp_path, lightning_reference
+    )
 
 
 # ==========================================================================================================
@@ -1023,24 +1229,37 @@ def run_detached_module(pl, root):
     model = NumModel()
     out = {}
     try:
-        model.trainer
+        model.trainer  # noqa: B018
         out["trainer"] = "no error"
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001
         out["trainer"] = H.exception_family(err)
-    for attr in ("current_epoch", "global_step", "global_rank", "local_rank", "logger", "loggers",
-                 "automatic_optimization", "device", "dtype", "training"):
+    for attr in (
+        "current_epoch",
+        "global_step",
+        "global_rank",
+        "local_rank",
+        "logger",
+        "loggers",
+        "automatic_optimization",
+        "device",
+        "dtype",
+        "training",
+    ):
         out[attr] = str(getattr(model, attr, "<missing>"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.log("outside", 1.0)
         out["log"] = "no error"
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001
         out["log"] = H.exception_family(err)
     model.double()
     out["dtype_after_double"] = str(model.dtype)
-    out["frozen_requires_grad"] = [p.requires_grad for p in model.freeze().parameters()] if hasattr(
-        model.freeze(), "parameters") else "freeze() returned None"
+    out["frozen_requires_grad"] = (
+        [p.requires_grad for p in model.freeze().parameters()]
+        if hasattr(model.freeze(), "parameters")
+        else "freeze() returned None"
+    )
     return out
 
 
@@ -1058,8 +1277,13 @@ def run_builtin_callbacks(pl, root):
     model = NumModel(lr=0.05, opt="sgd", val_len=6)
     es = cbs.EarlyStopping(monitor="val_loss", patience=1, mode="min", min_delta=0.05)
     ckdir = root / "ckpts"
-    mc = cbs.ModelCheckpoint(dirpath=str(ckdir), monitor="val_loss", save_top_k=2, save_last=True,
-                             filename="{epoch}-{val_loss:.3f}")
+    mc = cbs.ModelCheckpoint(
+        dirpath=str(ckdir),
+        monitor="val_loss",
+        save_top_k=2,
+        save_last=True,
+        filename="{epoch}-{val_loss:.3f}",
+    )
     kwargs = dict(H.QUIET, enable_checkpointing=True)
     trainer = pl.Trainer(default_root_dir=str(root), max_epochs=8, callbacks=[es, mc], **kwargs)
     trainer.fit(model)
@@ -1072,8 +1296,11 @@ def run_builtin_callbacks(pl, root):
     return {
         "current_epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "es": {"stopped_epoch": es.stopped_epoch, "wait_count": es.wait_count,
-               "best_score": float(es.best_score)},
+        "es": {
+            "stopped_epoch": es.stopped_epoch,
+            "wait_count": es.wait_count,
+            "best_score": float(es.best_score),
+        },
         "files": files,
         "best_model_path": name(mc.best_model_path),
         "best_model_score": float(mc.best_model_score),
@@ -1094,8 +1321,10 @@ def run_builtin_callbacks(pl, root):
 def test_builtin_callbacks(pl, part, tmp_path, lightning_reference):
     def compare(e, a):
         if part == "training":
-            H.assert_close_values({k: e[k] for k in ("current_epoch", "global_step", "es")},
-                                  {k: a[k] for k in ("current_epoch", "global_step", "es")})
+            H.assert_close_values(
+                {k: e[k] for k in ("current_epoch", "global_step", "es")},
+                {k: a[k] for k in ("current_epoch", "global_step", "es")},
+            )
         elif part == "checkpoint_files":
             keys = ("files", "best_model_path", "best_model_score", "best_k_models", "last_model_path")
             H.assert_close_values({k: e[k] for k in keys}, {k: a[k] for k in keys})
@@ -1123,7 +1352,9 @@ def run_resume(pl, root):
     pl.seed_everything(4, verbose=False)
     second = NumModel(opt="adam", lr=0.01, sched="steplr_epoch")
     calls: list = []
-    t2 = pl.Trainer(default_root_dir=str(root), max_epochs=3, callbacks=[classes.HookedCallback(calls)], **H.QUIET)
+    t2 = pl.Trainer(
+        default_root_dir=str(root), max_epochs=3, callbacks=[classes.HookedCallback(calls)], **H.QUIET
+    )
     t2.fit(second, ckpt_path=path)
     return {
         "weights": {k: v.detach().clone() for k, v in second.state_dict().items()},
@@ -1154,8 +1385,8 @@ def test_checkpoint_interchange(direction, tmp_path):
     ref = H.import_framework(H.REFERENCE)
     try:
         ray = H.import_framework("raylit")
-        ray.Trainer
-    except Exception as err:
+        ray.Trainer  # noqa: B018
+    except Exception as err:  # noqa: BLE001
         pytest.fail(f"raylit not usable: {type(err).__name__}: {err}")
     H.quiet_logging()
     writer, reader = (ref, ray) if direction == "lightning_to_raylit" else (ray, ref)
@@ -1169,8 +1400,10 @@ def test_checkpoint_interchange(direction, tmp_path):
     trainer.save_checkpoint(path)
     loaded = RModel.load_from_checkpoint(path, weights_only=False)
     H.assert_close_values(
-        {k: v for k, v in model.state_dict().items()}, {k: v for k, v in loaded.state_dict().items()},
-        rtol=0, atol=0,
+        {k: v for k, v in model.state_dict().items()},
+        {k: v for k, v in loaded.state_dict().items()},
+        rtol=0,
+        atol=0,
     )
     trainer2 = reader.Trainer(default_root_dir=str(tmp_path / "r"), max_epochs=2, **H.QUIET)
     trainer2.fit(RModel(lr=0.05), ckpt_path=path)

@@ -72,7 +72,9 @@ class RandomIterableDatasetWithLen(IterableDataset):
         return self.count
 
 
-def build_demo_classes(module_base: type, datamodule_base: type, module_name: str | None = None) -> SimpleNamespace:
+def build_demo_classes(
+    module_base: type, datamodule_base: type, module_name: str | None = None
+) -> SimpleNamespace:
     """Define BoringModel, ManualOptimBoringModel, DemoModel and BoringDataModule on the given bases.
 
     ``module_name``: when set, the classes claim to live in that module (so pickle finds them by name)."""
@@ -163,7 +165,7 @@ def build_demo_classes(module_base: type, datamodule_base: type, module_name: st
         def setup(self, stage: str) -> None:
             stage = getattr(stage, "value", stage)
             if stage == "fit":
-                self.random_train = Subset(self.random_full, range(0, 64))
+                self.random_train = Subset(self.random_full, range(64))
             if stage in ("fit", "validate"):
                 self.random_val = Subset(self.random_full, range(64, 128))
             if stage == "test":
