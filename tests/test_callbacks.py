@@ -17,10 +17,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning.callbacks as lcb
 import torch
 import yaml
 
-import pytorch_lightning.callbacks as lcb
 from raylit import callbacks as rcb
 from raylit.callbacks.early_stopping import EarlyStoppingReason
 from raylit.callbacks.model_summary import format_summary_table, get_human_readable_count, summarize
@@ -57,7 +57,7 @@ METRICS = {
 @pytest.mark.parametrize("auto_insert", [True, False])
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_format_checkpoint_name_matches_lightning(tmp_path, template, auto_insert):
-    kwargs = dict(dirpath=tmp_path, filename=template, auto_insert_metric_name=auto_insert)
+    kwargs = {"dirpath": tmp_path, "filename": template, "auto_insert_metric_name": auto_insert}
     ours, theirs = rcb.ModelCheckpoint(**kwargs), lcb.ModelCheckpoint(**kwargs)
     for extra in [{}, {"ver": 2}, {"prefix": "pre"}, {"filename": "last"}]:
         assert ours.format_checkpoint_name(dict(METRICS), **extra) == theirs.format_checkpoint_name(
@@ -225,20 +225,23 @@ def _rel(cb_path: str, dirpath: Path) -> str:
 
 
 SCENARIOS = {
-    "top2_last": dict(monitor="val_loss", save_top_k=2, save_last=True),
-    "top1_max_last": dict(monitor="val_loss", mode="max", save_top_k=1, save_last=True),
-    "all": dict(monitor="val_loss", save_top_k=-1, filename="{epoch}-{val_loss:.1f}"),
-    "latest_only": dict(save_top_k=1, save_last=True),
-    "keep_every": dict(save_top_k=-1),
-    "none_but_last": dict(save_top_k=0, save_last=True),
-    "every_2_epochs": dict(monitor="val_loss", save_top_k=2, every_n_epochs=2),
-    "every_3_steps": dict(monitor="val_loss", save_top_k=2, every_n_train_steps=3, save_last=True),
-    "every_3_steps_no_monitor": dict(every_n_train_steps=3, save_top_k=-1),
-    "same_name_versions": dict(monitor="val_loss", save_top_k=3, filename="constant"),
-    "same_name_overwrite": dict(
-        monitor="val_loss", save_top_k=3, filename="constant", enable_version_counter=False
-    ),
-    "link": dict(monitor="val_loss", save_top_k=2, save_last="link"),
+    "top2_last": {"monitor": "val_loss", "save_top_k": 2, "save_last": True},
+    "top1_max_last": {"monitor": "val_loss", "mode": "max", "save_top_k": 1, "save_last": True},
+    "all": {"monitor": "val_loss", "save_top_k": -1, "filename": "{epoch}-{val_loss:.1f}"},
+    "latest_only": {"save_top_k": 1, "save_last": True},
+    "keep_every": {"save_top_k": -1},
+    "none_but_last": {"save_top_k": 0, "save_last": True},
+    "every_2_epochs": {"monitor": "val_loss", "save_top_k": 2, "every_n_epochs": 2},
+    "every_3_steps": {"monitor": "val_loss", "save_top_k": 2, "every_n_train_steps": 3, "save_last": True},
+    "every_3_steps_no_monitor": {"every_n_train_steps": 3, "save_top_k": -1},
+    "same_name_versions": {"monitor": "val_loss", "save_top_k": 3, "filename": "constant"},
+    "same_name_overwrite": {
+        "monitor": "val_loss",
+        "save_top_k": 3,
+        "filename": "constant",
+        "enable_version_counter": False,
+    },
+    "link": {"monitor": "val_loss", "save_top_k": 2, "save_last": "link"},
 }
 SCORES = [5.0, 3.0, 4.0, float("nan"), 2.0, 2.5, 6.0]
 
@@ -406,13 +409,13 @@ def test_early_stopping_state_key_and_defaults():
 
 
 ES_CASES = {
-    "patience": (dict(patience=2), [5, 4, 4.5, 4.2, 3, 3.5, 3.6]),
-    "min_delta": (dict(patience=2, min_delta=0.5), [5, 4.6, 4.4, 4.0, 3.9, 3.8]),
-    "max_mode": (dict(patience=1, mode="max", min_delta=0.1), [0.1, 0.5, 0.55, 0.7]),
-    "stopping_threshold": (dict(stopping_threshold=1.0), [3, 2, 0.9, 5]),
-    "divergence": (dict(divergence_threshold=10.0), [3, 2, 11, 1]),
-    "non_finite": (dict(), [3, float("inf"), 1]),
-    "non_finite_unchecked": (dict(check_finite=False, patience=2), [3, float("nan"), float("nan"), 1]),
+    "patience": ({"patience": 2}, [5, 4, 4.5, 4.2, 3, 3.5, 3.6]),
+    "min_delta": ({"patience": 2, "min_delta": 0.5}, [5, 4.6, 4.4, 4.0, 3.9, 3.8]),
+    "max_mode": ({"patience": 1, "mode": "max", "min_delta": 0.1}, [0.1, 0.5, 0.55, 0.7]),
+    "stopping_threshold": ({"stopping_threshold": 1.0}, [3, 2, 0.9, 5]),
+    "divergence": ({"divergence_threshold": 10.0}, [3, 2, 11, 1]),
+    "non_finite": ({}, [3, float("inf"), 1]),
+    "non_finite_unchecked": ({"check_finite": False, "patience": 2}, [3, float("nan"), float("nan"), 1]),
 }
 
 
