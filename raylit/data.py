@@ -1,0 +1,160 @@
+"""Dataloaders: where they come from, how many batches a run uses, and how batches are iterated."""
+
+import inspect
+import math
+from itertools import cycle, islice
+from typing import Any, Iterable, Iterator
+
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
+
+from raylit.utilities.exceptions import MisconfigurationException
+
+
+def has_len(loader: Any) -> bool:
+    try:
+        return len(loader) is not None
+    except (TypeError, NotImplementedError):
+        return False
+
+
+def limit_batches(loader: Any, limit: int | float, name: str) -> int | float:
+    """Number of batches of ``loader`` a run uses under ``limit_<stage>_batches`` (``inf`` when unknown)."""
+    n = len(loader) if has_len(loader) else math.inf
+    if isinstance(limit, int):
+        return min(n, limit)
+    if n == math.inf:
+        if limit == 1.0:
+            return math.inf
+        if limit == 0.0:
+            return 0
+        raise MisconfigurationException(
+            f"When using an iterable without `__len__` for `limit_{name}_batches`, it must be 1.0 or an int; "
+            f"got {limit}")
+    used = int(n * limit)
+    if used == 0 and limit > 0.0 and n > 0:
+        min_pct = 1.0 / n
+        raise MisconfigurationException(
+            f"You requested to check {limit} of the `{name}_dataloader` but {limit} * {n} < 1. Please increase "
+            f"the `limit_{name}_batches` argument. Try at least `limit_{name}_batches={min_pct}`")
+    return used
+
+
+class CombinedTrainLoader:
+    """Several training loaders iterated together in "max_size_cycle" (shorter ones restart) or "min_size"
+    mode; each batch has the structure of the collection (list or dict)."""
+
+    def __init__(self, loaders: list | dict, mode: str = "max_size_cycle") -> None:
+        if mode not in ("max_size_cycle", "min_size"):
+            raise ValueError(f"Unsupported training mode {mode!r}; expected 'max_size_cycle' or 'min_size'")
+        self.loaders, self.mode = loaders, mode
+
+    def _items(self) -> list:
+        return list(self.loaders.items()) if isinstance(self.loaders, dict) else list(enumerate(self.loaders))
+
+    def __len__(self) -> int:
+        lens = [len(dl) for _, dl in self._items()]
+        return max(lens) if self.mode == "max_size_cycle" else min(lens)
+
+    def __iter__(self) -> Iterator:
+        items = self._items()
+        n = len(self)
+        iters = [iter(cycle(dl)) if self.mode == "max_size_cycle" else iter(dl) for _, dl in items]
+        for _ in range(n):
+            values = [next(it) for it in iters]
+            if isinstance(self.loaders, dict):
+                yield {k: v for (k, _), v in zip(items, values)}
+            else:
+                yield values
+
+
+def as_eval_list(obj: Any) -> list:
+    if obj is None:
+        return []
+    if isinstance(obj, dict):
+        return list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return list(obj)
+    return [obj]
+
+
+def as_train_loader(obj: Any) -> Any:
+    if isinstance(obj, (list, tuple, dict)):
+        return CombinedTrainLoader(obj)
+    return obj
+
+
+def lookahead(iterable: Iterable, limit: int | float, skip: int = 0) -> Iterator[tuple[int, Any, bool]]:
+    """Yield (batch_idx, batch, is_last). Knowing the last batch needs one batch of look-ahead, as in
+    Lightning, so both fetch batches (and draw RNG for shuffling) at the same moments. ``skip`` drops the
+    first batches (a resumed epoch) before anything is yielded; the iterator is created here, eagerly."""
+    it = iter(iterable) if limit == math.inf else islice(iterable, int(limit))
+    for _ in range(skip):
+        next(it, None)
+    return _lookahead(it, skip)
+
+
+def _lookahead(it: Iterator, idx: int) -> Iterator[tuple[int, Any, bool]]:
+    try:
+        nxt = next(it)
+    except StopIteration:
+        return
+    while True:
+        cur = nxt
+        try:
+            nxt = next(it)
+        except StopIteration:
+            yield idx, cur, True
+            return
+        yield idx, cur, False
+        idx += 1
+
+
+def sequential_lookahead(iterators: list[Iterator], limits: list) -> Iterator[tuple[int, int, Any, bool]]:
+    """Several eval loaders one after another: (dataloader_idx, batch_idx, batch, is_last_overall)."""
+
+    def chained() -> Iterator[tuple[int, int, Any]]:
+        for dl_idx, (make, limit) in enumerate(zip(iterators, limits)):
+            if limit == 0:
+                continue
+            it = make()
+            for batch_idx, batch in enumerate(it if limit == math.inf else islice(it, int(limit))):
+                yield dl_idx, batch_idx, batch
+
+    for _, (dl_idx, batch_idx, batch), is_last in lookahead(chained(), math.inf):
+        yield dl_idx, batch_idx, batch, is_last
+
+
+_DATALOADER_ARGS = ("batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "timeout",
+                    "worker_init_fn", "multiprocessing_context", "generator", "prefetch_factor",
+                    "persistent_workers", "pin_memory_device", "in_order")
+
+
+def rebuild_dataloader(loader: DataLoader, sampler: Any) -> DataLoader:
+    """A copy of ``loader`` with another sampler (keeps batch size, workers, collate_fn, ...). Subclasses
+    of DataLoader are rebuilt when their ``__init__`` takes the arguments needed."""
+    if loader.batch_sampler is not None and loader.batch_size is None:
+        raise MisconfigurationException(
+            f"Cannot replace the sampler of a DataLoader that uses a custom batch_sampler "
+            f"({type(loader.batch_sampler).__name__}); pass `use_distributed_sampler=False` and shard the data "
+            "yourself")
+    kwargs = {k: getattr(loader, k) for k in _DATALOADER_ARGS if hasattr(loader, k)}
+    if kwargs.get("num_workers", 0) == 0:
+        kwargs.pop("prefetch_factor", None)
+        kwargs["persistent_workers"] = False
+    kwargs["dataset"] = loader.dataset
+    kwargs["sampler"] = sampler
+    kwargs["shuffle"] = None
+    cls = type(loader)
+    params = inspect.signature(cls.__init__).parameters
+    if cls is not DataLoader and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    if "shuffle" in kwargs and kwargs["shuffle"] is None:
+        del kwargs["shuffle"]
+    return cls(**kwargs)
+
+
+def without_shuffle(loader: Any) -> Any:
+    if isinstance(loader, DataLoader) and isinstance(loader.sampler, RandomSampler) and \
+            not isinstance(loader.dataset, IterableDataset):
+        return rebuild_dataloader(loader, SequentialSampler(loader.dataset))
+    return loader

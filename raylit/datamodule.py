@@ -1,0 +1,66 @@
+"""LightningDataModule: the data half of a run (download, split, loaders), reusable across modules."""
+
+from typing import Any, Iterable
+
+from torch.utils.data import DataLoader, Dataset
+
+from raylit.hparams import HyperparametersMixin
+from raylit.module import DataHooks
+
+
+class LightningDataModule(DataHooks, HyperparametersMixin):
+    name: str | None = None
+    CHECKPOINT_HYPER_PARAMS_KEY = "datamodule_hyper_parameters"
+    CHECKPOINT_HYPER_PARAMS_NAME = "datamodule_hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "datamodule_hparams_type"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trainer: Any = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """State saved in checkpoints under this class's ``__qualname__`` (only when non-empty)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+    def on_exception(self, exception: BaseException) -> None: ...
+
+    @classmethod
+    def from_datasets(cls, train_dataset: Any = None, val_dataset: Any = None, test_dataset: Any = None,
+                      predict_dataset: Any = None, batch_size: int = 1, num_workers: int = 0,
+                      **datamodule_kwargs: Any) -> "LightningDataModule":
+        def loaders(ds: Any, shuffle: bool) -> Any:
+            if isinstance(ds, dict):
+                return {k: loaders(v, shuffle) for k, v in ds.items()}
+            if isinstance(ds, (list, tuple)) and not isinstance(ds, Dataset):
+                return [loaders(d, shuffle) for d in ds]
+            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+
+        dm = cls(**datamodule_kwargs)
+        if train_dataset is not None:
+            dm.train_dataloader = lambda: loaders(train_dataset, True)  # type: ignore[method-assign]
+        if val_dataset is not None:
+            dm.val_dataloader = lambda: loaders(val_dataset, False)  # type: ignore[method-assign]
+        if test_dataset is not None:
+            dm.test_dataloader = lambda: loaders(test_dataset, False)  # type: ignore[method-assign]
+        if predict_dataset is not None:
+            dm.predict_dataloader = lambda: loaders(predict_dataset, False)  # type: ignore[method-assign]
+        return dm
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             weights_only: bool | None = None, **kwargs: Any) -> "LightningDataModule":
+        from raylit.checkpoint import load_datamodule_from_checkpoint
+
+        return load_datamodule_from_checkpoint(cls, checkpoint_path, map_location=map_location,
+                                               hparams_file=hparams_file, weights_only=weights_only, **kwargs)
+
+
+def _iter_loaders(obj: Any) -> Iterable[Any]:
+    if isinstance(obj, dict):
+        yield from obj.values()
+    elif isinstance(obj, (list, tuple)):
+        yield from obj
+    else:
+        yield obj

@@ -1,0 +1,111 @@
+"""TrainState: the progress of a run, and exactly what of it a checkpoint carries."""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from raylit.utilities.seed import rng_state
+
+
+class TrainerFn(str, Enum):
+    FITTING = "fit"
+    VALIDATING = "validate"
+    TESTING = "test"
+    PREDICTING = "predict"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RunningStage(str, Enum):
+    TRAINING = "train"
+    SANITY_CHECKING = "sanity_check"
+    VALIDATING = "validate"
+    TESTING = "test"
+    PREDICTING = "predict"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TrainerStatus(str, Enum):
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class TrainerState:
+    """What the Trainer is doing (``trainer.state``), as in Lightning."""
+
+    status: TrainerStatus = TrainerStatus.INITIALIZING
+    fn: TrainerFn | None = None
+    stage: RunningStage | None = None
+
+
+# the attributes a checkpoint saves and restores, in one list
+_CHECKPOINTED = ("current_epoch", "global_step", "batches_that_stepped", "total_batches", "epoch_batches",
+                 "epoch_finished", "scheduler_steps")
+
+
+@dataclass
+class TrainState:
+    current_epoch: int = 0          # completed epochs (Lightning's current_epoch)
+    global_step: int = 0            # optimizer steps
+    batches_that_stepped: int = 0   # the loggers' step axis
+    total_batches: int = 0          # training batches completed over all epochs
+    epoch_batches: int = 0          # training batches completed in the current epoch
+    epoch_finished: bool = False    # the current epoch has run all its batches (end hooks may be pending)
+    scheduler_steps: int = 0
+    should_stop: bool = False
+    is_last_batch: bool = False
+    # RNG right before the current epoch's data iterator was created: replaying it reproduces the epoch's order
+    epoch_start_rng: dict[str, Any] | None = field(default=None, repr=False)
+    # set by a restore, consumed by the first epoch that runs afterwards
+    pending_resume: dict[str, Any] | None = field(default=None, repr=False)
+
+    def resume_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in _CHECKPOINTED}
+        out["rng"] = rng_state()
+        out["epoch_start_rng"] = self.epoch_start_rng
+        return out
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        saved = ckpt.get("raylit")
+        if saved is None:
+            saved = _from_lightning_loops(ckpt)
+        for k in _CHECKPOINTED:
+            if k in saved:
+                setattr(self, k, saved[k])
+        if self.epoch_finished:
+            # the saved epoch ran all its batches: continue with the next one
+            self.current_epoch += 1
+            self.epoch_batches = 0
+            self.epoch_finished = False
+        self.pending_resume = saved
+
+
+def _from_lightning_loops(ckpt: dict[str, Any]) -> dict[str, Any]:
+    fit = (ckpt.get("loops") or {}).get("fit_loop") or {}
+    epoch_prog = (fit.get("epoch_progress") or {}).get("current") or {}
+    batch_prog = fit.get("epoch_loop.batch_progress") or {}
+    completed = epoch_prog.get("completed", ckpt.get("epoch", 0))
+    processed = epoch_prog.get("processed", completed)
+    epoch_batches = (batch_prog.get("current") or {}).get("completed", 0)
+    finished = processed > completed or bool(batch_prog.get("is_last_batch"))
+    return {
+        "current_epoch": completed,
+        "global_step": ckpt.get("global_step", 0),
+        "batches_that_stepped": (fit.get("epoch_loop.state_dict") or {}).get("_batches_that_stepped",
+                                                                              ckpt.get("global_step", 0)),
+        "total_batches": (batch_prog.get("total") or {}).get("completed", 0),
+        # without raylit's RNG record the epoch cannot be replayed: a mid-epoch Lightning checkpoint restarts
+        # its epoch from the first batch, as Lightning itself does
+        "epoch_batches": epoch_batches if finished else 0,
+        "epoch_finished": finished,
+        "scheduler_steps": ((fit.get("epoch_loop.scheduler_progress") or {}).get("total") or {}).get("completed", 0),
+    }
