@@ -74,12 +74,10 @@ def loops_state(trainer: Any) -> dict[str, Any]:
     epoch_done = st.epoch_finished
     batch = {"total": _progress(st.total_batches), "current": _progress(st.epoch_batches),
              "is_last_batch": epoch_done}
-    epoch_progress = {
-        "total": {"ready": st.current_epoch + 1, "started": st.current_epoch + 1,
-                  "processed": st.current_epoch + int(epoch_done), "completed": st.current_epoch},
-        "current": {"ready": st.current_epoch + 1, "started": st.current_epoch + 1,
-                    "processed": st.current_epoch + int(epoch_done), "completed": st.current_epoch},
-    }
+    started = st.current_epoch + int(st.in_epoch)
+    epoch = {"ready": started, "started": started, "processed": st.current_epoch + int(epoch_done),
+             "completed": st.current_epoch}
+    epoch_progress = {"total": dict(epoch), "current": dict(epoch)}
     auto = trainer.lightning_module.automatic_optimization if trainer.lightning_module else True
     steps = st.global_step
     opt_prog = {"optimizer": {"step": {"total": _progress(steps if auto else 0, False, False),

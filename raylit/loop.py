@@ -121,6 +121,7 @@ class Loop:
         metrics.store = trainer._train_store
         metrics.in_batch = False
         st.epoch_finished = False
+        st.in_epoch = True
         hooks.both("on_train_epoch_start")
 
         resume, st.pending_resume = st.pending_resume, None
@@ -160,6 +161,7 @@ class Loop:
         st.current_epoch += 1
         st.epoch_batches = 0
         st.epoch_finished = False
+        st.in_epoch = False
         self._update_lr_schedulers("epoch", plateau=True)
 
     def _should_accumulate(self, batch_idx: int, is_last: bool) -> bool:
@@ -332,7 +334,9 @@ class Loop:
         metrics.in_batch = False
         batches = sequential_lookahead([(lambda dl=dl: iter(dl)) for dl in loaders], limits)
         modes = {m: m.training for m in self.module.modules()}
-        grad_ctx = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+        # validation inside fit uses no_grad: tensors made under inference_mode cannot enter autograd later
+        in_fit = trainer.state.fn == "fit"
+        grad_ctx = torch.inference_mode() if trainer.inference_mode and not in_fit else torch.no_grad()
         outputs_per_loader: list[dict[str, Any]] = []
         with grad_ctx:
             hooks.module_hook(f"on_{name}_model_eval")
@@ -354,7 +358,7 @@ class Loop:
                 hooks.module_hook(f"on_{name}_batch_end", out, *args)
                 log = metrics.end_batch()
                 if not sanity and log:
-                    key = (fn, dl_idx)
+                    key = (trainer.state.fn, fn, dl_idx)
                     step = trainer._eval_log_steps.get(key, 0)
                     metrics.send_to_loggers(log, step=step)
                     trainer._eval_log_steps[key] = step + 1
@@ -398,6 +402,7 @@ class Loop:
         predictions: list[list[Any]] = [[] for _ in loaders]
         batches = sequential_lookahead([(lambda dl=dl: iter(dl)) for dl in loaders], limits)
         grad_ctx = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+        modes = {m: m.training for m in self.module.modules()}
         with grad_ctx:
             hooks.module_hook("on_predict_model_eval")
             hooks.both("on_predict_start")
@@ -414,6 +419,8 @@ class Loop:
                     predictions[dl_idx].append(out)
             hooks.both("on_predict_epoch_end")
             hooks.both("on_predict_end")
+        for m, training in modes.items():
+            m.training = training
         if not return_predictions:
             return None
         return predictions if multi else predictions[0]

@@ -63,6 +63,7 @@ class TrainState:
     scheduler_steps: int = 0
     should_stop: bool = False
     is_last_batch: bool = False
+    in_epoch: bool = False          # between an epoch's start hooks and its counter increment
     # RNG right before the current epoch's data iterator was created: replaying it reproduces the epoch's order
     epoch_start_rng: dict[str, Any] | None = field(default=None, repr=False)
     # set by a restore, consumed by the first epoch that runs afterwards
@@ -95,8 +96,9 @@ def _from_lightning_loops(ckpt: dict[str, Any]) -> dict[str, Any]:
     batch_prog = fit.get("epoch_loop.batch_progress") or {}
     completed = epoch_prog.get("completed", ckpt.get("epoch", 0))
     processed = epoch_prog.get("processed", completed)
+    in_flight = epoch_prog.get("ready", completed) > completed  # an epoch had started and not been counted
     epoch_batches = (batch_prog.get("current") or {}).get("completed", 0)
-    finished = processed > completed or bool(batch_prog.get("is_last_batch"))
+    finished = in_flight and (processed > completed or bool(batch_prog.get("is_last_batch")))
     return {
         "current_epoch": completed,
         "global_step": ckpt.get("global_step", 0),

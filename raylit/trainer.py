@@ -203,7 +203,7 @@ class Trainer:
             raise MisconfigurationException(f"`Trainer(max_steps={max_steps!r})` must be -1 or an int >= 0")
         if max_epochs is None:
             max_epochs = 1000 if max_steps == -1 and max_time is None else -1
-        self.max_epochs, self.min_epochs = max_epochs, min_epochs
+        self.max_epochs, self.min_epochs = max_epochs, (0 if min_epochs is None else min_epochs)
         self.max_steps, self.min_steps = max_steps, min_steps
         self.limit_train_batches = _check_limit(limit_train_batches, "limit_train_batches")
         self.limit_val_batches = _check_limit(limit_val_batches, "limit_val_batches")
@@ -245,8 +245,8 @@ class Trainer:
                 f"`gradient_clip_algorithm` {gradient_clip_algorithm!r} is invalid. Allowed algorithms: "
                 "['value', 'norm'].")
         self.gradient_clip_val = gradient_clip_val
-        self.gradient_clip_algorithm = (gradient_clip_algorithm.lower() if gradient_clip_algorithm
-                                        else ("norm" if gradient_clip_val is not None else None))
+        # None means "norm" at clipping time, as in Lightning
+        self.gradient_clip_algorithm = gradient_clip_algorithm.lower() if gradient_clip_algorithm else None
         if not isinstance(reload_dataloaders_every_n_epochs, int) or reload_dataloaders_every_n_epochs < 0:
             raise MisconfigurationException(
                 f"`reload_dataloaders_every_n_epochs` should be an int >= 0, got {reload_dataloaders_every_n_epochs!r}.")
@@ -765,6 +765,8 @@ class Trainer:
              verbose: bool = True, return_predictions: bool = True, _model_given: bool = True) -> Any:
         self.state = TrainerState(status=TrainerStatus.RUNNING, fn=TrainerFn(fn))
         self._attach(model, datamodule, fn, train_dataloaders, val_dataloaders, dataloaders)
+        self.state.stage = {"fit": RunningStage.TRAINING, "validate": RunningStage.VALIDATING,
+                            "test": RunningStage.TESTING, "predict": RunningStage.PREDICTING}[fn]
         hooks = self._hooks
         try:
             result = self._setup_and_run(fn, ckpt_path if ckpt_path is not None else self.ckpt_path,
@@ -777,10 +779,11 @@ class Trainer:
             hooks.callbacks_hook("on_exception", exc)
             if datamodule is not None:
                 hooks.datamodule_hook("on_exception", exc)
-            try:
-                self._teardown(fn, "failed")
-            except Exception:
-                pass
+            # as in Lightning: no teardown hooks after a failure, but loggers are closed as "failed"
+            self._model = self._lightning_module
+            if self.is_global_zero:
+                for lg in self.loggers:
+                    lg.finalize("failed")
             raise
         finally:
             self.state.stage = None
@@ -801,6 +804,7 @@ class Trainer:
         self._train_store = ResultStore(training=True, runtime=self._runtime)
         if fn == "fit":
             self._state = TrainState()
+        self._eval_log_steps = {k: v for k, v in self._eval_log_steps.items() if k[0] != fn}
         self._hooks = HookDispatcher(model, datamodule, self.callbacks, self)
 
     def _setup_and_run(self, fn: str, ckpt_path: Any, weights_only: bool | None, verbose: bool,
@@ -881,11 +885,20 @@ class Trainer:
 
     def _configure_optimizers(self) -> None:
         module = self._lightning_module
+        for removed in ("training_epoch_end", "validation_epoch_end", "test_epoch_end"):
+            if callable(getattr(module, removed, None)):
+                hook = {"training_epoch_end": "on_train_epoch_end", "validation_epoch_end":
+                        "on_validation_epoch_end", "test_epoch_end": "on_test_epoch_end"}[removed]
+                raise NotImplementedError(
+                    f"Support for `{removed}` has been removed in v2.0.0. `{type(module).__name__}` implements this "
+                    f"method. You can use the `{hook}` hook instead. To access outputs, save them in-memory as "
+                    "instance attributes.")
         out = self._hooks.module_hook("configure_optimizers")
         self.optimizers, self.lr_scheduler_configs = normalize_configure_optimizers(
             out, module.automatic_optimization)
-        if not self.optimizers and module.automatic_optimization:
-            self.optimizers = []
+        if not self.optimizers:
+            # like Lightning: the loop still runs (and counts steps) with an optimizer that does nothing
+            self.optimizers = [_MockOptimizer()]
         if not module.automatic_optimization and self.gradient_clip_val:
             raise MisconfigurationException(
                 "Automatic gradient clipping is not supported for manual optimization. Remove "
@@ -1148,6 +1161,31 @@ class Trainer:
             state[k] = [] if k in ("optimizers", "_lightning_optimizers", "lr_scheduler_configs") else None
         state["_data_args"] = {}
         return state
+
+
+class _MockOptimizer(torch.optim.Optimizer):
+    """Stands in when ``configure_optimizers`` returns None."""
+
+    def __init__(self) -> None:
+        super().__init__([torch.zeros(1)], {})
+
+    def add_param_group(self, param_group: dict) -> None:
+        pass  # it optimizes nothing: no param groups
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def step(self, closure: Any = None) -> Any:
+        return closure() if closure is not None else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "No Optimizer"
 
 
 def _single_or_list(loaders: list | None) -> Any:
