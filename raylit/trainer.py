@@ -127,6 +127,8 @@ class Trainer:
         """Lightning's Trainer arguments, with their meanings. ``scaling_config`` / ``run_config`` take Ray
         Train's ``ScalingConfig`` / ``RunConfig`` for full control of a Ray run; they win over the values
         raylit derives from ``accelerator``, ``devices`` and ``num_nodes``."""
+        # the constructor arguments, so that Tune trials and Ray workers can rebuild this Trainer with overrides
+        self._init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self._init_flags = dict(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes)
         # --- hardware and distribution ---------------------------------------------------------------
         if not isinstance(accelerator, str) or accelerator.lower() not in _ACCELERATORS:
@@ -1151,6 +1153,10 @@ class Trainer:
         """Create the module's parameters directly in the precision's dtype (on CPU; moved at fit)."""
         with self._precision.init_context():
             yield
+
+    def _clone(self, **overrides: Any) -> "Trainer":
+        """A new Trainer with the same constructor arguments, except ``overrides``."""
+        return Trainer(**{**self._init_kwargs, **overrides})
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
