@@ -812,3 +812,302 @@ def test_progress_bars_disabled_off_rank_zero(capsys):
         bar.setup(trainer, None, "fit")
         assert bar.is_disabled
     assert capsys.readouterr().out == ""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Part 2: real fits. Each program runs unchanged under Lightning and raylit (``pl`` is the framework module)
+# and returns what a user would look at; the two results must be equal.
+# ----------------------------------------------------------------------------------------------------------
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+SCRIPTED_LOSSES = [5.0, 3.0, 4.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9, 3.0]
+
+
+def _framework(name: str):
+    import importlib
+
+    pl = importlib.import_module(name)
+    for noisy in ("pytorch_lightning", "lightning_fabric", "raylit"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return pl, importlib.import_module(f"{name}.callbacks"), importlib.import_module(f"{name}.loggers")
+
+
+def _rows(n: int, seed: int) -> torch.utils.data.DataLoader:
+    data = torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.DataLoader(data, batch_size=2)
+
+
+def _scripted_model(pl, losses=SCRIPTED_LOSSES, fail_at=None, gamma=1.0):
+    """A linear model whose validation logs a scripted ``val_loss`` per epoch, so that both frameworks
+    see the same monitored values whatever their numerics; 4 train and 2 val batches per epoch."""
+
+    class Scripted(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            if fail_at == (self.current_epoch, batch_idx):
+                raise RuntimeError("scripted failure")
+            loss = self.layer(batch).pow(2).mean()
+            self.log("train_loss", loss, prog_bar=True)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", losses[min(self.current_epoch, len(losses) - 1)], prog_bar=True)
+
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            return self.layer(batch)
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.5)
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=gamma)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+        def train_dataloader(self):
+            return _rows(8, 1)
+
+        def val_dataloader(self):
+            return _rows(4, 2)
+
+        def predict_dataloader(self):
+            return _rows(6, 3)
+
+    return Scripted()
+
+
+def _plain(value):
+    """File names instead of paths, floats instead of tensors: comparable across runs and frameworks."""
+    if isinstance(value, torch.Tensor):
+        return float(value)
+    if isinstance(value, str) and os.sep in value:
+        return os.path.basename(value)
+    return value
+
+
+def _ckpt_summary(path) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    callbacks = {}
+    for key, state in ckpt.get("callbacks", {}).items():
+        callbacks[key] = {k: _plain(v) for k, v in state.items() if k not in ("dirpath", "best_k_models")}
+        if "best_k_models" in state:
+            callbacks[key]["best_k_models"] = {
+                os.path.basename(k): float(v) for k, v in state["best_k_models"].items()
+            }
+    return {"epoch": ckpt["epoch"], "global_step": ckpt["global_step"], "callbacks": callbacks}
+
+
+def _checkpoint_view(mc, dirpath: Path) -> dict:
+    base = os.path.basename
+    return {
+        "files": {name: _ckpt_summary(dirpath / name) for name in sorted(os.listdir(dirpath))},
+        "best_model_path": base(mc.best_model_path),
+        "best_model_score": None if mc.best_model_score is None else float(mc.best_model_score),
+        "best_k_models": {base(k): float(v) for k, v in mc.best_k_models.items()},
+        "kth_best_model_path": base(mc.kth_best_model_path),
+        "last_model_path": base(mc.last_model_path),
+    }
+
+
+def _es_view(es) -> dict:
+    return {
+        "stopped_epoch": es.stopped_epoch,
+        "wait_count": es.wait_count,
+        "best_score": float(es.best_score),
+        "reason": es.stopping_reason.name,
+        "message": es.stopping_reason_message,
+    }
+
+
+def program_topk_early_stopping_resume(name: str, root: Path) -> dict:
+    """Top-2 + last + early stopping for 3 epochs; then a new Trainer resumes from last.ckpt and continues the
+    bookkeeping (files replaced in the top 2 are deleted) until early stopping ends the run."""
+    pl, cbs, _ = _framework(name)
+    dirpath = root / "ckpts"
+
+    def callbacks():
+        mc = cbs.ModelCheckpoint(
+            dirpath=dirpath,
+            monitor="val_loss",
+            save_top_k=2,
+            save_last=True,
+            filename="{epoch}-{val_loss:.2f}",
+        )
+        return mc, cbs.EarlyStopping("val_loss", patience=2)
+
+    mc, es = callbacks()
+    trainer = pl.Trainer(default_root_dir=root, max_epochs=3, callbacks=[mc, es], **QUIET)
+    trainer.fit(_scripted_model(pl))
+    first = {"mc": _checkpoint_view(mc, dirpath), "es": _es_view(es), "step": trainer.global_step}
+
+    mc, es = callbacks()
+    trainer = pl.Trainer(default_root_dir=root, max_epochs=10, callbacks=[mc, es], **QUIET)
+    trainer.fit(_scripted_model(pl), ckpt_path=str(dirpath / "last.ckpt"))
+    second = {"mc": _checkpoint_view(mc, dirpath), "es": _es_view(es), "step": trainer.global_step}
+    return {
+        "first": first,
+        "second": second,
+        "epoch": trainer.current_epoch,
+        "should_stop": trainer.should_stop,
+    }
+
+
+def program_default_dirpath_with_logger(name: str, root: Path) -> dict:
+    """The default ModelCheckpoint under a CSVLogger: <root>/lightning_logs/version_0/checkpoints."""
+    pl, _, loggers = _framework(name)
+    trainer = pl.Trainer(
+        default_root_dir=root, max_epochs=2, logger=loggers.CSVLogger(root), enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(_scripted_model(pl))
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.ckpt"))
+    return {"files": files, "content": {f: _ckpt_summary(root / f) for f in files}}
+
+
+def program_step_checkpoints(name: str, root: Path) -> dict:
+    """every_n_train_steps with a metric that only validation logs: saves wait for validation."""
+    pl, cbs, _ = _framework(name)
+    mc = cbs.ModelCheckpoint(
+        dirpath=root, monitor="val_loss", every_n_train_steps=3, save_top_k=-1, save_last=True
+    )
+    trainer = pl.Trainer(default_root_dir=root, max_epochs=3, callbacks=[mc], **QUIET)
+    trainer.fit(_scripted_model(pl))
+    return _checkpoint_view(mc, root)
+
+
+def program_validation_twice_per_epoch(name: str, root: Path) -> dict:
+    """val_check_interval=0.5: both callbacks act after each validation, and patience counts checks."""
+    pl, cbs, _ = _framework(name)
+    mc = cbs.ModelCheckpoint(dirpath=root / "c", monitor="val_loss", save_top_k=1)
+    es = cbs.EarlyStopping("val_loss", patience=3)
+    trainer = pl.Trainer(
+        default_root_dir=root, max_epochs=10, val_check_interval=0.5, callbacks=[mc, es], **QUIET
+    )
+    trainer.fit(_scripted_model(pl))
+    return {"mc": _checkpoint_view(mc, root / "c"), "es": _es_view(es), "step": trainer.global_step}
+
+
+def program_exception_checkpoints(name: str, root: Path) -> dict:
+    """A crash in epoch 1: OnExceptionCheckpoint and ModelCheckpoint(save_on_exception=True) both save."""
+    pl, cbs, _ = _framework(name)
+    mc = cbs.ModelCheckpoint(dirpath=root / "mc", save_on_exception=True, save_last=True)
+    oe = cbs.OnExceptionCheckpoint(root / "oe")
+    trainer = pl.Trainer(default_root_dir=root, max_epochs=3, callbacks=[mc, oe], **QUIET)
+    with pytest.raises(RuntimeError, match="scripted failure"):
+        trainer.fit(_scripted_model(pl, fail_at=(1, 2)))
+    return {
+        "mc": _checkpoint_view(mc, root / "mc"),
+        "oe": {name: _ckpt_summary(root / "oe" / name) for name in sorted(os.listdir(root / "oe"))},
+    }
+
+
+def program_lr_monitor(name: str, root: Path) -> dict:
+    """Learning rates (and momentum) logged per step for a step-interval scheduler."""
+    pl, cbs, loggers = _framework(name)
+
+    class Recorder(loggers.Logger):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        name = property(lambda self: "rec")
+        version = property(lambda self: 0)
+
+        def log_metrics(self, metrics, step=None):
+            lrs = {k: round(float(v), 8) for k, v in metrics.items() if k.startswith("lr-")}
+            if lrs:
+                self.calls.append((step, lrs))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    recorder = Recorder()
+    monitor = cbs.LearningRateMonitor(log_momentum=True)
+    trainer = pl.Trainer(
+        default_root_dir=root, max_epochs=2, logger=recorder, log_every_n_steps=2, callbacks=[monitor],
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(_scripted_model(pl, gamma=0.5))
+    return {
+        "calls": recorder.calls,
+        "lrs": {k: [round(x, 8) for x in v] for k, v in monitor.lrs.items()},
+        "callback_metric": round(float(trainer.callback_metrics["lr-SGD"]), 8),
+    }
+
+
+def program_schedulers_and_timer(name: str, root: Path) -> dict:
+    """GradientAccumulationScheduler changes the steps per epoch; a zero Timer stops fit at once."""
+    pl, cbs, _ = _framework(name)
+    trainer = pl.Trainer(
+        default_root_dir=root, max_epochs=3, enable_checkpointing=False, **QUIET,
+        callbacks=[cbs.GradientAccumulationScheduler({1: 2, 2: 4})],
+    )  # fmt: skip
+    trainer.fit(_scripted_model(pl))
+    timer = cbs.Timer(duration=timedelta(0))
+    stopped = pl.Trainer(
+        default_root_dir=root, max_epochs=3, enable_checkpointing=False, callbacks=[timer], **QUIET
+    )
+    stopped.fit(_scripted_model(pl))
+    return {
+        "accumulated_steps": trainer.global_step,
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "timer_steps": stopped.global_step,
+        "timer_epoch": stopped.current_epoch,
+    }
+
+
+def program_prediction_writer(name: str, root: Path) -> dict:
+    pl, cbs, _ = _framework(name)
+    seen = []
+
+    class Writer(cbs.BasePredictionWriter):
+        def write_on_batch_end(
+            self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+        ):
+            seen.append(
+                ("batch", batch_idx, dataloader_idx, tuple(prediction.shape), list(batch_indices or []))
+            )
+
+        def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
+            seen.append(("epoch", [tuple(p.shape) for p in predictions], batch_indices))
+
+    trainer = pl.Trainer(
+        default_root_dir=root, callbacks=[Writer("batch_and_epoch")], enable_checkpointing=False, **QUIET
+    )
+    returned = trainer.predict(_scripted_model(pl), return_predictions=False)
+    return {"seen": seen, "returned": returned}
+
+
+def program_fast_dev_run(name: str, root: Path) -> dict:
+    pl, cbs, _ = _framework(name)
+    mc = cbs.ModelCheckpoint(dirpath=root / "c", save_last=True, monitor="val_loss")
+    es = cbs.EarlyStopping("val_loss", patience=0)
+    trainer = pl.Trainer(default_root_dir=root, fast_dev_run=2, callbacks=[mc, es], **QUIET)
+    trainer.fit(_scripted_model(pl))
+    files = sorted(os.listdir(root / "c")) if (root / "c").exists() else []
+    return {"files": files, "es": _es_view(es), "best": mc.best_model_path}
+
+
+PROGRAMS = {
+    f.__name__.removeprefix("program_"): f
+    for f in (
+        program_topk_early_stopping_resume,
+        program_default_dirpath_with_logger,
+        program_step_checkpoints,
+        program_validation_twice_per_epoch,
+        program_exception_checkpoints,
+        program_lr_monitor,
+        program_schedulers_and_timer,
+        program_prediction_writer,
+        program_fast_dev_run,
+    )
+}
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_same_as_lightning(program, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = PROGRAMS[program]("pytorch_lightning", tmp_path / "lightning")
+        actual = PROGRAMS[program]("raylit", tmp_path / "raylit")
+    assert actual == expected

@@ -33,8 +33,9 @@ class BasePredictionWriter(Callback):
         write_interval: "batch" (after every predict batch), "epoch" (once, with every prediction), or
             "batch_and_epoch".
 
-    ``batch_indices`` are the dataset indices of each batch when the Trainer tracks them
-    (``trainer.predict_loop.current_batch_indices`` / ``epoch_batch_indices``), else None / empty lists.
+    ``batch_indices`` are the dataset indices of each batch: Lightning's ``trainer.predict_loop`` values when the
+    Trainer has one, else computed from each predict loader whose order is fixed (sequential, or a
+    non-shuffling DistributedSampler); empty lists for other loaders.
     """
 
     def __init__(self, write_interval: Literal["batch", "epoch", "batch_and_epoch"] = "batch") -> None:
@@ -44,6 +45,7 @@ class BasePredictionWriter(Callback):
             )
         self.interval = WriteInterval(write_interval)
         self._predictions: dict[int, list[Any]] = {}
+        self._indices: list[list[list[int]]] = []
 
     def write_on_batch_end(
         self,
@@ -66,14 +68,19 @@ class BasePredictionWriter(Callback):
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
         self._predictions = {}
+        self._indices = [] if hasattr(trainer, "predict_loop") else _batch_indices(trainer)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.interval.on_epoch and not hasattr(trainer, "predict_loop"):
+        loop = getattr(trainer, "predict_loop", None)
+        if self.interval.on_epoch and loop is None:
             # The Trainer does not keep predictions for us: keep our own copy (on CPU, like Lightning).
             self._predictions.setdefault(dataloader_idx, []).append(_to_cpu(outputs))
         if self.interval.on_batch:
-            loop = getattr(trainer, "predict_loop", None)
-            indices = getattr(loop, "current_batch_indices", None) or None
+            if loop is not None:
+                indices = loop.current_batch_indices
+            else:
+                per_loader = self._indices[dataloader_idx] if dataloader_idx < len(self._indices) else []
+                indices = per_loader[batch_idx] if batch_idx < len(per_loader) else []
             self.write_on_batch_end(trainer, pl_module, outputs, indices, batch, batch_idx, dataloader_idx)
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
@@ -85,9 +92,32 @@ class BasePredictionWriter(Callback):
         else:
             per_loader = [self._predictions[i] for i in sorted(self._predictions)]
             predictions = per_loader[0] if len(per_loader) == 1 else per_loader
-            indices = [[] for _ in per_loader]
+            indices = [
+                self._indices[i][: len(self._predictions[i])] if i < len(self._indices) else []
+                for i in sorted(self._predictions)
+            ]
         self.write_on_epoch_end(trainer, pl_module, predictions, indices)
         self._predictions = {}
+
+
+def _batch_indices(trainer) -> list[list[list[int]]]:
+    """Dataset indices of every batch of every predict loader (loaders x batches x samples), known in advance
+    when the order is fixed: a sequential sampler, or a DistributedSampler without shuffling. Other loaders
+    get an empty list, as Lightning reports for loaders whose indices it cannot track."""
+    from torch.utils.data import DistributedSampler, SequentialSampler
+
+    loaders = getattr(trainer, "predict_dataloaders", None) or []
+    if not isinstance(loaders, (list, tuple)):
+        loaders = [loaders]
+    result = []
+    for loader in loaders:
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        sampler = getattr(batch_sampler, "sampler", None)
+        fixed = isinstance(sampler, SequentialSampler) or (
+            isinstance(sampler, DistributedSampler) and not sampler.shuffle
+        )
+        result.append([list(batch) for batch in batch_sampler] if fixed else [])
+    return result
 
 
 def _to_cpu(data: Any) -> Any:
