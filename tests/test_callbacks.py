@@ -1111,3 +1111,74 @@ def test_same_as_lightning(program, tmp_path):
         expected = PROGRAMS[program]("pytorch_lightning", tmp_path / "lightning")
         actual = PROGRAMS[program]("raylit", tmp_path / "raylit")
     assert actual == expected
+
+
+@pytest.mark.parametrize("make_bar", [rcb.TQDMProgressBar, rcb.RichProgressBar], ids=["tqdm", "rich"])
+def test_progress_bar_in_real_runs(make_bar, tmp_path, capsys):
+    pl, _, loggers = _framework("raylit")
+    bar = make_bar()
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=2, callbacks=[bar], logger=loggers.CSVLogger(tmp_path),
+        enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    assert trainer.progress_bar_callback is bar
+    model = _scripted_model(pl)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model)
+        trainer.validate(model, verbose=False)
+        trainer.predict(model)
+    out = capsys.readouterr().out
+    for text in ("Epoch 1", "4/4", "train_loss", "val_loss", "v_num", "Validation", "Predicting"):
+        assert text in out, text
+    assert bar.get_metrics(trainer, model)["v_num"] == 0
+
+
+def test_default_trainer_uses_rich_callbacks(tmp_path, capsys):
+    pl, cbs, _ = _framework("raylit")
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False)
+    assert isinstance(trainer.progress_bar_callback, cbs.RichProgressBar)
+    assert any(type(cb) is cbs.RichModelSummary for cb in trainer.callbacks)
+    assert isinstance(trainer.checkpoint_callback, cbs.ModelCheckpoint)
+    trainer.fit(_scripted_model(pl))
+    out = capsys.readouterr().out
+    assert "Linear" in out and "Total params" in out  # the summary table
+    assert os.listdir(tmp_path / "checkpoints") == ["epoch=0-step=4.ckpt"]
+
+
+def test_model_summary_logged_once_at_fit_start(tmp_path, caplog):
+    pl, cbs, _ = _framework("raylit")
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=1, callbacks=[cbs.ModelSummary(max_depth=-1)], **QUIET
+    )
+    with caplog.at_level(logging.INFO, logger="raylit"):
+        trainer.fit(_scripted_model(pl))
+    assert caplog.text.count("Total params") == 1 and "| layer | Linear | 5      | train" in caplog.text
+
+
+def test_callbacks_pickle_after_a_run(tmp_path):
+    """Callbacks travel to Ray workers (and back) by pickle, also after they have been used."""
+    import pickle
+
+    pl, cbs, _ = _framework("raylit")
+    callbacks = [
+        cbs.ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_last=True),
+        cbs.EarlyStopping("val_loss"),
+        cbs.LearningRateMonitor(),
+        cbs.Timer(duration="00:01:00:00"),
+        cbs.RichProgressBar(),
+        cbs.RichModelSummary(),
+        cbs.GradientAccumulationScheduler({1: 2}),
+        cbs.OnExceptionCheckpoint(tmp_path),
+    ]
+    for bar in (callbacks[4], cbs.TQDMProgressBar()):
+        trainer = pl.Trainer(
+            default_root_dir=tmp_path, max_epochs=2, callbacks=[*callbacks[:4], bar, *callbacks[5:]]
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(_scripted_model(pl))
+        for cb in trainer.callbacks:
+            clone = pickle.loads(pickle.dumps(cb))
+            assert clone.state_dict().keys() == cb.state_dict().keys()
+    assert pickle.loads(pickle.dumps(callbacks[0])).best_model_path == callbacks[0].best_model_path != ""
