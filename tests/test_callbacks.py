@@ -1182,3 +1182,15 @@ def test_callbacks_pickle_after_a_run(tmp_path):
             clone = pickle.loads(pickle.dumps(cb))
             assert clone.state_dict().keys() == cb.state_dict().keys()
     assert pickle.loads(pickle.dumps(callbacks[0])).best_model_path == callbacks[0].best_model_path != ""
+
+
+def test_lightning_import_paths_exist():
+    """``from lightning.pytorch.callbacks.<module> import <Name>`` keeps working after the import swap."""
+    import importlib
+
+    for name in set(rcb.__all__) & set(lcb.__all__):
+        lightning_module = getattr(lcb, name).__module__.removeprefix("pytorch_lightning.callbacks")
+        ours = importlib.import_module("raylit.callbacks" + lightning_module)
+        assert getattr(ours, name) is getattr(rcb, name), (name, lightning_module)
+    from raylit.callbacks.early_stopping import EarlyStoppingReason  # noqa: F401
+    from raylit.callbacks.progress.rich_progress import RichProgressBarTheme  # noqa: F401
