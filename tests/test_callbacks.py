@@ -1088,6 +1088,30 @@ def program_fast_dev_run(name: str, root: Path) -> dict:
     return {"files": files, "es": _es_view(es), "best": mc.best_model_path}
 
 
+def program_link_and_sparse_validation(name: str, root: Path) -> dict:
+    """save_last="link"; validation every 2nd epoch (saving moves to validation end); max mode with a
+    stopping threshold; min_epochs holding off an early stop."""
+    pl, cbs, _ = _framework(name)
+    link = cbs.ModelCheckpoint(dirpath=root / "link", monitor="val_loss", save_top_k=1, save_last="link")
+    sparse = cbs.ModelCheckpoint(dirpath=root / "sparse", filename="{epoch}", save_top_k=-1)
+    es = cbs.EarlyStopping("val_loss", mode="max", stopping_threshold=3.9)
+    trainer = pl.Trainer(
+        default_root_dir=root, max_epochs=8, check_val_every_n_epoch=2, callbacks=[link, sparse, es], **QUIET
+    )
+    trainer.fit(_scripted_model(pl, losses=[1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]))
+    patient = cbs.EarlyStopping("val_loss", patience=1)
+    held = pl.Trainer(default_root_dir=root, max_epochs=8, min_epochs=4, callbacks=[patient], **QUIET)
+    held.fit(_scripted_model(pl, losses=[3.0, 4.0]))
+    return {
+        "link": _checkpoint_view(link, root / "link"),
+        "link_target": os.readlink(root / "link" / "last.ckpt"),
+        "sparse": sorted(os.listdir(root / "sparse")),
+        "es": _es_view(es),
+        "epochs": trainer.current_epoch,
+        "held": {"es": _es_view(patient), "epochs": held.current_epoch, "step": held.global_step},
+    }
+
+
 PROGRAMS = {
     f.__name__.removeprefix("program_"): f
     for f in (
@@ -1100,6 +1124,7 @@ PROGRAMS = {
         program_schedulers_and_timer,
         program_prediction_writer,
         program_fast_dev_run,
+        program_link_and_sparse_validation,
     )
 }
 
