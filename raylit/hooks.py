@@ -71,6 +71,15 @@ class HookDispatcher:
         self._cb_cache: dict[tuple[str, bool | None], list] = {}
         self._lm_skip = {n for n in _NOOP_MODULE_HOOKS if not is_overridden(module, n, LightningModule)}
 
+    def uses_default(self, name: str) -> bool:
+        """True when neither the module nor the datamodule overrides ``name``, so the loop may run the
+        default behaviour inline (the defaults never log, so skipping the dispatch is invisible)."""
+        from raylit.datamodule import LightningDataModule
+        from raylit.module import LightningModule
+
+        return not is_overridden(self.module, name, LightningModule) and \
+            not is_overridden(self.datamodule, name, LightningDataModule)
+
     def _callback_methods(self, name: str, after_module: bool | None) -> list:
         key = (name, after_module)
         methods = self._cb_cache.get(key)
@@ -89,23 +98,23 @@ class HookDispatcher:
             return
         module, trainer = self.module, self.trainer
         prev = module._current_fx_name
-        module._current_fx_name = name
+        module.__dict__["_current_fx_name"] = name
         try:
             for m in methods:
                 m(trainer, module, *args)
         finally:
-            module._current_fx_name = prev
+            module.__dict__["_current_fx_name"] = prev
 
     def module_hook(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if name in self._lm_skip:
             return None
         module = self.module
         prev = module._current_fx_name
-        module._current_fx_name = name
+        module.__dict__["_current_fx_name"] = name
         try:
             return getattr(module, name)(*args, **kwargs)
         finally:
-            module._current_fx_name = prev
+            module.__dict__["_current_fx_name"] = prev
 
     def both(self, name: str, *args: Any) -> Any:
         """Callbacks, then the module."""
@@ -117,11 +126,11 @@ class HookDispatcher:
         if dm is None or not is_overridden(dm, name, self._dm_base):
             return None
         prev = self.module._current_fx_name
-        self.module._current_fx_name = name
+        self.module.__dict__["_current_fx_name"] = name
         try:
             return getattr(dm, name)(*args)
         finally:
-            self.module._current_fx_name = prev
+            self.module.__dict__["_current_fx_name"] = prev
 
     def data_hook(self, name: str, *args: Any) -> Any:
         """A data hook (transfer hooks): the datamodule's when it overrides it, else the module's."""

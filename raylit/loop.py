@@ -15,6 +15,7 @@ import torch
 from raylit.data import lookahead, sequential_lookahead
 from raylit.metrics import ResultStore
 from raylit.state import RunningStage
+from raylit.utilities.apply_func import move_data_to_device
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.seed import isolate_rng, rng_state, set_rng_state
 
@@ -42,11 +43,18 @@ class Loop:
         self.precision = trainer._precision
         self.metrics = trainer._metrics
         self._step_takes_idx: dict[str, bool] = {}
+        # hooks whose default behaviour the hot path runs inline when the user did not override them
+        self._default = {name: self.hooks.uses_default(name) for name in (
+            "transfer_batch_to_device", "optimizer_step", "optimizer_zero_grad", "backward",
+            "configure_gradient_clipping", "on_before_batch_transfer", "on_after_batch_transfer")}
 
     # --- shared pieces ----------------------------------------------------------------------------------
     def _transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        hooks = self.hooks
+        hooks, default = self.hooks, self._default
         batch = self.precision.convert_input(batch)
+        if default["transfer_batch_to_device"] and default["on_before_batch_transfer"] and \
+                default["on_after_batch_transfer"]:
+            return move_data_to_device(batch, self.runtime.device)
         batch = hooks.data_hook("on_before_batch_transfer", batch, dataloader_idx)
         batch = hooks.data_hook("transfer_batch_to_device", batch, self.runtime.device, dataloader_idx)
         return hooks.data_hook("on_after_batch_transfer", batch, dataloader_idx)
@@ -60,12 +68,12 @@ class Loop:
             args = args[:1] + args[2:]
         module = self.module
         prev = module._current_fx_name
-        module._current_fx_name = name
+        module.__dict__["_current_fx_name"] = name
         try:
             with self.precision.step_context():
                 return self.runtime.call_step(self.trainer.model, module, name, *args)
         finally:
-            module._current_fx_name = prev
+            module.__dict__["_current_fx_name"] = prev
 
     # --- fit --------------------------------------------------------------------------------------------
     def run_fit(self) -> None:
@@ -211,6 +219,7 @@ class Loop:
         acc = trainer.accumulate_grad_batches
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         zero_grad = batch_idx % acc == 0
+        default_zero_grad = self._default["optimizer_zero_grad"]
         result: dict[str, Any] = {}
 
         def closure() -> torch.Tensor | None:
@@ -225,7 +234,10 @@ class Loop:
                 loss = loss / acc if acc != 1 else loss
             if zero_grad and optimizer is not None:
                 hooks.both("on_before_zero_grad", optimizer)
-                hooks.module_hook("optimizer_zero_grad", st.current_epoch, batch_idx, optimizer)
+                if default_zero_grad:
+                    optimizer.zero_grad()
+                else:
+                    hooks.module_hook("optimizer_zero_grad", st.current_epoch, batch_idx, optimizer)
             if loss is not None:
                 self.backward(loss)
                 detached = loss.detach().clone()
@@ -238,8 +250,11 @@ class Loop:
             with self.runtime.no_sync(trainer.model) if accumulate else nullcontext():
                 closure()
         else:
-            hooks.module_hook("optimizer_step", st.current_epoch, batch_idx, trainer._lightning_optimizers[0],
-                              closure)
+            lopt = trainer._lightning_optimizers[0]
+            if self._default["optimizer_step"]:
+                self.optimizer_step(lopt, closure)  # what the default hook does: lopt.step(closure=closure)
+            else:
+                hooks.module_hook("optimizer_step", st.current_epoch, batch_idx, lopt, closure)
             st.global_step += 1
         return result
 
@@ -265,7 +280,10 @@ class Loop:
         hooks = self.hooks
         loss = self.precision.scale_loss(loss)
         hooks.both("on_before_backward", loss)
-        hooks.module_hook("backward", loss, *args, **kwargs)
+        if self._default["backward"]:
+            loss.backward(*args, **kwargs)
+        else:
+            hooks.module_hook("backward", loss, *args, **kwargs)
         hooks.both("on_after_backward")
 
     def optimizer_step(self, lightning_optimizer: Any, closure: Any, **kwargs: Any) -> Any:
@@ -274,9 +292,11 @@ class Loop:
         optimizer = lightning_optimizer.optimizer
         automatic = self.module.automatic_optimization
 
+        clip = automatic and (trainer.gradient_clip_val or not self._default["configure_gradient_clipping"])
+
         def after_closure() -> None:
             hooks.both("on_before_optimizer_step", optimizer)
-            if automatic:
+            if clip:  # the default hook clips nothing without gradient_clip_val
                 hooks.module_hook("configure_gradient_clipping", optimizer, trainer.gradient_clip_val,
                                   trainer.gradient_clip_algorithm)
 

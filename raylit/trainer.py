@@ -961,6 +961,7 @@ class Trainer:
         self._last_train_load_epoch = 0
         self._last_val_load_epoch = 0
         self._data_args: dict[str, Any] = {}
+        self._val_enabled: bool | None = None
 
     def _data_source_defined(self, stage: str) -> bool:
         if self._data_args.get(stage) is not None:
@@ -1056,6 +1057,11 @@ class Trainer:
         return [limit_batches(dl, limit, name) for dl in (loaders or [])]
 
     def _validation_enabled(self) -> bool:
+        if self._val_enabled is None:
+            self._val_enabled = self._compute_validation_enabled()
+        return self._val_enabled
+
+    def _compute_validation_enabled(self) -> bool:
         from raylit.module import LightningModule
 
         return self.limit_val_batches != 0 and self._data_source_defined("validate") and \
