@@ -100,6 +100,16 @@ class TensorRows(Dataset):
         return self.data[i]
 
 
+class IterableRows(torch.utils.data.IterableDataset):
+    """The rows of ``TensorRows`` as an iterable dataset without ``__len__``."""
+
+    def __init__(self, length: int, size: int = 32, seed: int = 1234) -> None:
+        self.rows = TensorRows(length, size, seed)
+
+    def __iter__(self):
+        return iter(self.rows.data)
+
+
 def loader(length: int = 8, batch_size: int = 2, seed: int = 1234, shuffle: bool = False, size: int = 32):
     return DataLoader(TensorRows(length, size, seed), batch_size=batch_size, shuffle=shuffle)
 
@@ -184,7 +194,6 @@ CALLBACK_HOOKS: dict[str, tuple[str, ...]] = {
 
 # LightningModule hooks recorded generically (the step methods are written out in HookedModel).
 MODULE_HOOKS: dict[str, tuple[str, ...]] = {
-    "configure_callbacks": (),
     "prepare_data": (),
     "setup": ("stage",),
     "teardown": ("stage",),
@@ -280,7 +289,7 @@ def _recording_method(who: str, name: str, spec: tuple[str, ...], call_super: Ca
 
     def method(self, *args, **kwargs):
         if self._record_hooks:
-            self.calls.append(fmt_call(who, name, **_bind(spec, args[skip:], kwargs)))
+            self.calls.append(fmt_call(getattr(self, "_who", who), name, **_bind(spec, args[skip:], kwargs)))
         if call_super is None:
             return None
         return call_super(self, name, *args, **kwargs)
@@ -306,19 +315,26 @@ def make_classes(pl) -> SimpleNamespace:
     for hook, spec in CALLBACK_HOOKS.items():
         cb_ns[hook] = _recording_method("CB", hook, spec, None)
 
-    def cb_init(self, calls: list, record_state_dict: bool = False):
+    def cb_init(self, calls: list, record_state_dict: bool = False, who: str = "CB"):
         self.calls = calls
         self._record_hooks = True
         self.record_state_dict = record_state_dict
+        self._who = who
 
     def cb_state_dict(self):
         if self.record_state_dict:
-            self.calls.append("CB.state_dict")
+            self.calls.append(f"{self._who}.state_dict")
         return {}
+
+    def cb_state_key(self):
+        return f"{type(self).__qualname__}[{self._who}]"
 
     cb_ns["__init__"] = cb_init
     cb_ns["state_dict"] = cb_state_dict
+    cb_ns["state_key"] = property(cb_state_key)
     HookedCallback = type("HookedCallback", (pl.Callback,), cb_ns)
+    # a sibling type: returned from configure_callbacks it is added, not substituted for HookedCallback
+    ExtraHookedCallback = type("ExtraHookedCallback", (pl.Callback,), dict(cb_ns))
 
     # ---------------------------------------------------------------- module
     class HookedModel(pl.LightningModule):
@@ -340,11 +356,13 @@ def make_classes(pl) -> SimpleNamespace:
             eval_len: int = 8,
             batch_size: int = 2,
             raise_at: int | None = None,
+            extra_callback: str | None = None,
         ) -> None:
             super().__init__()
             self.calls = calls
             self._record_hooks = True
             self.raise_at = raise_at
+            self.extra_callback = extra_callback
             self.layer = nn.Linear(32, 2)
             self.sched = sched
             self.n_val, self.n_test, self.n_predict = n_val, n_test, n_predict
@@ -388,6 +406,14 @@ def make_classes(pl) -> SimpleNamespace:
         def predict_step(self, batch, batch_idx, dataloader_idx=NOT_PASSED):
             self._rec("predict_step", batch_idx=batch_idx, dataloader_idx=dataloader_idx)
             return self(batch)
+
+        def configure_callbacks(self):
+            self._rec("configure_callbacks")
+            if self.extra_callback == "sibling":  # added after the Trainer's callbacks
+                return [ExtraHookedCallback(self.calls, who="CB2")]
+            if self.extra_callback == "same_type":  # replaces the Trainer's HookedCallback
+                return HookedCallback(self.calls, who="CB2")
+            return []
 
         def configure_optimizers(self):
             self._rec("configure_optimizers")
@@ -592,6 +618,36 @@ HOOK_CONFIGS: dict[str, HookConfig] = {
         },
         record_state_dict=True,
         description="default ModelCheckpoint on: save-hook order",
+    ),
+    "fit_accumulate_val_every_batch": HookConfig(
+        trainer={
+            "limit_train_batches": 3,
+            "limit_val_batches": 1,
+            "max_epochs": 1,
+            "accumulate_grad_batches": 2,
+            "val_check_interval": 1,
+            "num_sanity_val_steps": 0,
+        },
+        description="validation after every batch while accumulating (zero_grad only at window boundaries)",
+    ),
+    "fit_configure_callbacks_extra": HookConfig(
+        trainer={"limit_train_batches": 1, "limit_val_batches": 1, "max_epochs": 1},
+        model={"extra_callback": "sibling"},
+        description="configure_callbacks returns another callback (CB2): it runs after CB",
+    ),
+    "fit_configure_callbacks_replace": HookConfig(
+        trainer={"limit_train_batches": 1, "limit_val_batches": 1, "max_epochs": 1},
+        model={"extra_callback": "same_type"},
+        description="configure_callbacks returns a callback of the Trainer callback's type (CB2): it replaces CB",
+    ),
+    "fit_reload_dataloaders": HookConfig(
+        trainer={
+            "limit_train_batches": 1,
+            "limit_val_batches": 1,
+            "max_epochs": 3,
+            "reload_dataloaders_every_n_epochs": 1,
+        },
+        description="reload_dataloaders_every_n_epochs=1",
     ),
     "fit_exception": HookConfig(
         trainer={"limit_train_batches": 3, "limit_val_batches": 1, "max_epochs": 1},

@@ -307,7 +307,31 @@ def metric_classes(pl):
         def on_validation_epoch_end(self, trainer, pl_module):
             pl_module.log("cb_val_epoch", 2.0 * trainer.current_epoch, prog_bar=True)
 
-    return SimpleNamespace(logger_cls=RecordingLogger, model_cls=MetricsModel, callback_cls=LoggingCallback)
+    class DictRows(torch.utils.data.Dataset):
+        def __init__(self, n):
+            self.rows = H.TensorRows(n, seed=11)
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, i):
+            return {"x": self.rows[i], "w": self.rows[i][:3]}
+
+    class DictBatchMetricsModel(MetricsModel):
+        """Dict batches (batch size inferred from the first tensor), 9 rows in batches of 2 (last one 1)."""
+
+        def _loss(self, batch):
+            return super()._loss(batch["x"] if isinstance(batch, dict) else batch)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(DictRows(9), batch_size=2)
+
+    return SimpleNamespace(
+        logger_cls=RecordingLogger,
+        model_cls=MetricsModel,
+        dict_model_cls=DictBatchMetricsModel,
+        callback_cls=LoggingCallback,
+    )
 
 
 def snapshot(trainer):
@@ -318,15 +342,20 @@ def snapshot(trainer):
     }
 
 
-def run_metrics_program(pl, root):
+METRIC_PROGRAMS = {
+    "tensor_batches": {"log_every_n_steps": 1},
+    "dict_batches_accumulate_log_every_2": {"log_every_n_steps": 2, "accumulate_grad_batches": 2},
+}
+
+
+def run_metrics_program(pl, root, program="tensor_batches"):
     c = metric_classes(pl)
     pl.seed_everything(0, verbose=False)
-    model = c.model_cls()
+    model = c.model_cls() if program == "tensor_batches" else c.dict_model_cls()
     logger = c.logger_cls()
     kwargs = dict(H.QUIET)
-    kwargs.update(
-        logger=logger, log_every_n_steps=1, max_epochs=2, limit_val_batches=2, num_sanity_val_steps=1
-    )
+    kwargs.update(logger=logger, max_epochs=2, limit_val_batches=2, num_sanity_val_steps=1)
+    kwargs.update(METRIC_PROGRAMS[program])
     trainer = pl.Trainer(default_root_dir=str(root), callbacks=[c.callback_cls()], **kwargs)
     result = {}
     trainer.fit(model)
@@ -350,9 +379,15 @@ def _metrics_compare(part):
     "part",
     ["after_fit", "validate_return", "after_validate", "test_return", "after_test", "logger_events"],
 )
-def test_metrics(pl, part, tmp_path, lightning_reference):
+@pytest.mark.parametrize("program", list(METRIC_PROGRAMS))
+def test_metrics(pl, program, part, tmp_path, lightning_reference):
     expected, _ = differential(
-        pl, ("metrics",), run_metrics_program, _metrics_compare(part), tmp_path, lightning_reference
+        pl,
+        ("metrics", program),
+        lambda fw, root: run_metrics_program(fw, root, program),
+        _metrics_compare(part),
+        tmp_path,
+        lightning_reference,
     )
     if part == "after_fit":  # the program really exercises what it claims to (checked on the reference)
         cm = expected["after_fit"]["callback_metrics"]
@@ -392,8 +427,10 @@ def numeric_classes(pl):
             val_len=4,
             batch_size=2,
             shuffle=False,
+            train_data="rows",
         ):
             super().__init__()
+            self.train_data = train_data
             if hidden:
                 self.net = nn.Sequential(
                     nn.Linear(32, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 2)
@@ -423,6 +460,8 @@ def numeric_classes(pl):
 
         def training_step(self, batch, batch_idx):
             self.counts["training_step"] += 1
+            if isinstance(batch, dict):  # a dict of train loaders (CombinedLoader, max_size_cycle)
+                batch = torch.cat([batch[k] for k in sorted(batch)])
             self.seen.append(("train", self.current_epoch, batch_idx, round(float(batch.sum()), 4)))
             loss = self._loss(batch)
             self.log("train_loss", loss)
@@ -458,6 +497,8 @@ def numeric_classes(pl):
 
         def on_train_epoch_end(self):
             self.counts["on_train_epoch_end"] += 1
+            if not self.automatic_optimization and self.sched is not None:
+                self.lr_schedulers().step()  # manual optimisation steps its own schedulers
             if self.stop_at == ("epoch", self.current_epoch):
                 self.trainer.should_stop = True
 
@@ -480,12 +521,22 @@ def numeric_classes(pl):
                     "optimizer": opt,
                     "lr_scheduler": {"scheduler": sch, "interval": "step", "frequency": 2},
                 }
+            if self.sched == "onecycle":  # the usual estimated_stepping_batches pattern
+                total = self.trainer.estimated_stepping_batches
+                sch = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=total)
+                return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "step"}}
             if self.sched == "plateau":
                 sch = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0, threshold=0.5)
                 return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "monitor": "val_loss"}}
             raise AssertionError(self.sched)
 
         def train_dataloader(self):
+            if self.train_data == "iterable":
+                return torch.utils.data.DataLoader(
+                    H.IterableRows(self.train_len, seed=1), batch_size=self.batch_size
+                )
+            if self.train_data == "dict_of_loaders":
+                return {"a": H.loader(self.train_len, self.batch_size, seed=1), "b": H.loader(4, 2, seed=5)}
             return H.loader(self.train_len, self.batch_size, seed=1, shuffle=self.shuffle)
 
         def val_dataloader(self):
@@ -523,6 +574,18 @@ def numeric_classes(pl):
                 self.attrs[a] = list(v) if isinstance(v, (list, tuple)) else v
 
     return NumModel, AttrCallback
+
+
+@cache
+def hparams_model_cls(pl):
+    NumModel, _ = numeric_classes(pl)
+
+    class HParamsModel(NumModel):
+        def __init__(self, lr=0.1, hidden=0):
+            super().__init__(lr=lr, hidden=hidden)
+            self.save_hyperparameters()
+
+    return HParamsModel
 
 
 NUMERIC_CONFIGS = {
@@ -569,12 +632,28 @@ NUMERIC_CONFIGS = {
         {"max_epochs": 2},
     ),
     "manual_two_optimizers": ({"manual": True, "two_opts": True}, {"max_epochs": 2}),
+    "manual_with_lr_scheduler": ({"manual": True, "sched": "steplr_epoch"}, {"max_epochs": 3}),
+    "iterable_train_dataset": ({"train_data": "iterable", "train_len": 7}, {"max_epochs": 2}),
+    "iterable_train_dataset_val_check_int": (
+        {"train_data": "iterable", "train_len": 10},
+        {"max_epochs": 2, "val_check_interval": 2},
+    ),
+    "dict_of_train_loaders": ({"train_data": "dict_of_loaders"}, {"max_epochs": 2}),
+    "onecycle_estimated_stepping_batches": (
+        {"sched": "onecycle", "train_len": 10},
+        {"max_epochs": 2, "accumulate_grad_batches": 2},
+    ),
+    "explicit_dataloaders_to_fit": ({"pass_loaders": True}, {"max_epochs": 2}),
+    "datamodule_positional": ({"pass_datamodule": True}, {"max_epochs": 1}),
     "manual_max_steps": ({"manual": True, "two_opts": True}, {"max_epochs": 3, "max_steps": 5}),
 }
 
 
 def run_numeric_program(pl, root, config, precision=None):
     model_kwargs, trainer_kwargs = NUMERIC_CONFIGS[config]
+    model_kwargs = dict(model_kwargs)
+    pass_loaders = model_kwargs.pop("pass_loaders", False)
+    pass_datamodule = model_kwargs.pop("pass_datamodule", False)
     NumModel, AttrCallback = numeric_classes(pl)
     pl.seed_everything(42, verbose=False)
     model = NumModel(**model_kwargs)
@@ -584,7 +663,15 @@ def run_numeric_program(pl, root, config, precision=None):
     if precision is not None:
         kwargs["precision"] = precision
     trainer = pl.Trainer(default_root_dir=str(root), callbacks=[attrs], **kwargs)
-    trainer.fit(model)
+    if pass_loaders:  # different data from the model's own *_dataloader methods: these must win
+        trainer.fit(model, train_dataloaders=H.loader(6, 2, seed=7), val_dataloaders=H.loader(4, 2, seed=8))
+    elif pass_datamodule:  # a DataModule passed positionally as `train_dataloaders`
+        dm = pl.LightningDataModule.from_datasets(
+            H.TensorRows(6, seed=9), H.TensorRows(4, seed=10), batch_size=2
+        )
+        trainer.fit(model, dm)
+    else:
+        trainer.fit(model)
     opts = trainer.optimizers
     return {
         "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -728,10 +815,16 @@ def run_precision_program(pl, root, precision):
     }
 
 
-PRECISION_TOLERANCE = {"bf16-mixed": 1e-2, "bf16-true": 1e-2, "64-true": 1e-7, "32-true": 1e-6}
+PRECISION_TOLERANCE = {
+    "16-mixed": 1e-2,
+    "bf16-mixed": 1e-2,
+    "bf16-true": 1e-2,
+    "64-true": 1e-7,
+    "32-true": 1e-6,
+}
 
 
-@pytest.mark.parametrize("precision", ["bf16-mixed", "64-true", "bf16-true", "32-true"])
+@pytest.mark.parametrize("precision", ["bf16-mixed", "64-true", "bf16-true", "32-true", "16-mixed"])
 def test_precision(pl, precision, tmp_path, lightning_reference):
     tol = PRECISION_TOLERANCE[precision]
 
@@ -874,6 +967,22 @@ def error_classes(pl):
         def val_dataloader(self):
             return H.loader(4, 2)
 
+    class LogOnStepInEpochEnd(Base):
+        def on_train_epoch_end(self):
+            self.log("epoch_metric", 1.0, on_step=True)
+
+    class LogReservedDataloaderIdx(Base):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("val/dataloader_idx_0", loss)
+            return loss
+
+    class BadSchedulerInterval(Base):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            sch = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "batch"}}
+
     class LegacyEpochEnd(Base):
         def training_epoch_end(self, outputs):
             pass
@@ -884,6 +993,14 @@ def error_classes(pl):
 # name -> (model class name, trainer kwargs, entry point, substrings raylit's message must contain)
 ERROR_CASES = {
     "unknown_precision": ("Base", {"precision": "fp13"}, "fit", ["fp13"]),
+    "unknown_accelerator": ("Base", {"accelerator": "abacus"}, "fit", ["abacus"]),
+    "unknown_strategy": ("Base", {"strategy": "carrier_pigeon"}, "fit", ["carrier_pigeon"]),
+    "zero_cpu_devices": ("Base", {"accelerator": "cpu", "devices": 0}, "fit", ["devices"]),
+    "log_on_step_in_on_train_epoch_end": ("LogOnStepInEpochEnd", {}, "fit", ["on_train_epoch_end"]),
+    "log_name_with_dataloader_idx": ("LogReservedDataloaderIdx", {}, "fit", ["dataloader_idx"]),
+    "unknown_scheduler_interval": ("BadSchedulerInterval", {}, "fit", ["interval"]),
+    "test_without_model_or_checkpoint": (None, {}, "test", ["test"]),
+    "validate_without_model_or_checkpoint": (None, {}, "validate", ["validate"]),
     "bad_gradient_clip_algorithm": (
         "Base",
         {"gradient_clip_val": 1.0, "gradient_clip_algorithm": "foo"},
@@ -932,7 +1049,7 @@ def run_error_case(pl, root, case):
     classes = error_classes(pl)
     phase = "build model"
     try:
-        model = getattr(classes, cls_name)()
+        model = getattr(classes, cls_name)() if cls_name else None
         phase = "Trainer()"
         kwargs = dict(H.QUIET, max_epochs=1, limit_val_batches=0)
         kwargs.update(trainer_kwargs)
@@ -1390,21 +1507,18 @@ def test_checkpoint_interchange(direction, tmp_path):
         pytest.fail(f"raylit not usable: {type(err).__name__}: {err}")
     H.quiet_logging()
     writer, reader = (ref, ray) if direction == "lightning_to_raylit" else (ray, ref)
-    WModel, _ = numeric_classes(writer)
-    RModel, _ = numeric_classes(reader)
+    WModel, RModel = hparams_model_cls(writer), hparams_model_cls(reader)
     writer.seed_everything(0, verbose=False)
-    model = WModel(lr=0.05)
+    model = WModel(lr=0.05, hidden=4)
     trainer = writer.Trainer(default_root_dir=str(tmp_path), max_epochs=1, **H.QUIET)
     trainer.fit(model)
     path = str(tmp_path / "model.ckpt")
     trainer.save_checkpoint(path)
+    # the hyperparameters come from the checkpoint: hidden=4 decides the architecture
     loaded = RModel.load_from_checkpoint(path, weights_only=False)
-    H.assert_close_values(
-        {k: v for k, v in model.state_dict().items()},
-        {k: v for k, v in loaded.state_dict().items()},
-        rtol=0,
-        atol=0,
-    )
+    assert dict(loaded.hparams) == {"lr": 0.05, "hidden": 4}
+    H.assert_close_values(dict(model.state_dict()), dict(loaded.state_dict()), rtol=0, atol=0)
+    # resuming training from the other framework's checkpoint continues its counters and optimizer state
     trainer2 = reader.Trainer(default_root_dir=str(tmp_path / "r"), max_epochs=2, **H.QUIET)
-    trainer2.fit(RModel(lr=0.05), ckpt_path=path)
-    assert trainer2.global_step == 8 and trainer2.current_epoch == 2
+    trainer2.fit(RModel(lr=0.05, hidden=4), ckpt_path=path)
+    assert (trainer2.global_step, trainer2.current_epoch) == (8, 2)
