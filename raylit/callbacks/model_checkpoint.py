@@ -15,6 +15,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from raylit import fs
 from raylit.callbacks.checkpoint import Checkpoint
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -26,41 +27,25 @@ _PLACEHOLDER = re.compile(r"\{([^{}:]+)(:[^{}]*)?\}")
 
 
 def _is_local(path: Any) -> bool:
-    return "://" not in str(path)
+    return not fs.is_remote(path)
 
 
-class _FS:
-    """The few filesystem operations ModelCheckpoint needs; fsspec only for remote URLs (s3://, gs://...)."""
+def _listdir(path: str) -> list[str]:
+    """Full paths of the entries of directory ``path``; [] when it does not exist."""
+    if _is_local(path):
+        return [os.path.join(path, name) for name in os.listdir(path)] if os.path.isdir(path) else []
+    from pyarrow import fs as pafs
 
-    def __init__(self, path: Any) -> None:
-        self.remote = None
-        if not _is_local(path):
-            import fsspec
+    filesystem, inner = pafs.FileSystem.from_uri(path)
+    infos = filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return [fs.join(path, os.path.basename(info.path)) for info in infos]
 
-            self.remote = fsspec.core.url_to_fs(str(path))[0]
 
-    def exists(self, path: str) -> bool:
-        return self.remote.exists(path) if self.remote else os.path.exists(path)
-
-    def listdir(self, path: str) -> list[str]:
-        if self.remote:
-            return self.remote.ls(path, detail=False)
-        return [os.path.join(path, name) for name in os.listdir(path)]
-
-    def isdir(self, path: str) -> bool:
-        return self.remote.isdir(path) if self.remote else os.path.isdir(path)
-
-    def remove(self, path: str) -> None:
-        if self.remote:
-            if self.remote.exists(path):
-                self.remote.rm(path, recursive=True)
-        elif os.path.islink(path) or os.path.isfile(path):
-            os.remove(path)
-        elif os.path.isdir(path):
-            shutil.rmtree(path)
-
-    def open(self, path: str, mode: str):
-        return self.remote.open(path, mode) if self.remote else open(path, mode)
+def _remove(path: str) -> None:
+    if _is_local(path) and os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif fs.exists(path) or os.path.islink(path):
+        fs.remove(path)
 
 
 class ModelCheckpoint(Checkpoint):
@@ -139,7 +124,6 @@ class ModelCheckpoint(Checkpoint):
             dirpath = os.path.realpath(os.path.expanduser(str(dirpath)))
         self.dirpath: str | None = str(dirpath) if dirpath else None
         self.filename = filename
-        self._fs = _FS(self.dirpath or "")
 
         if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
             every_n_epochs, every_n_train_steps = 1, 0
@@ -206,14 +190,7 @@ class ModelCheckpoint(Checkpoint):
     # --- hooks -----------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.dirpath = trainer.strategy.broadcast(self._resolve_dirpath(trainer))
-        self._fs = _FS(self.dirpath)
-        fit_on_zero = trainer.is_global_zero and stage == "fit"
-        if (
-            fit_on_zero
-            and self.save_top_k != 0
-            and self._fs.isdir(self.dirpath)
-            and self._fs.listdir(self.dirpath)
-        ):
+        if trainer.is_global_zero and stage == "fit" and self.save_top_k != 0 and _listdir(self.dirpath):
             rank_zero_warn(f"Checkpoint directory {self.dirpath} exists and is not empty.")
         if self.save_last == "link" and not _is_local(self.dirpath):
             raise ValueError(
@@ -341,8 +318,7 @@ class ModelCheckpoint(Checkpoint):
         if filepath is None:
             assert self.dirpath, "to_yaml() needs a dirpath: pass filepath or run setup first"
             filepath = os.path.join(self.dirpath, "best_k_models.yaml")
-        with self._fs.open(str(filepath), "w") as f:
-            yaml.dump(best_k, f)
+        fs.write_bytes_atomic(yaml.dump(best_k).encode(), str(filepath))
 
     # --- file names ----------------------------------------------------------------------------------------
     def format_checkpoint_name(
@@ -387,13 +363,10 @@ class ModelCheckpoint(Checkpoint):
     def _find_last_checkpoints(self, trainer) -> set[str]:
         """Paths of ``last*.ckpt`` files in this callback's directory (for ``ckpt_path="last"``)."""
         dirpath = self._resolve_dirpath(trainer)
-        fs = _FS(dirpath)
-        if not fs.exists(dirpath):
-            return set()
         pattern = re.compile(rf"^{re.escape(self.CHECKPOINT_NAME_LAST)}(-(\d+))?")
         return {
             os.path.normpath(p)
-            for p in fs.listdir(dirpath)
+            for p in _listdir(dirpath)
             if p.endswith(self.FILE_EXTENSION) and pattern.match(Path(p).stem)
         }
 
@@ -410,7 +383,7 @@ class ModelCheckpoint(Checkpoint):
 
     def file_exists(self, filepath: str, trainer) -> bool:
         """Whether ``filepath`` exists, as seen by rank 0, so that every rank picks the same name."""
-        exists = self._fs.exists(filepath) if trainer.is_global_zero else False
+        exists = fs.exists(filepath) if trainer.is_global_zero else False
         return trainer.strategy.reduce_boolean_decision(exists, all=False)
 
     # --- deciding and saving -------------------------------------------------------------------------------
@@ -547,7 +520,7 @@ class ModelCheckpoint(Checkpoint):
     @staticmethod
     def _link_checkpoint(trainer, filepath: str, linkpath: str) -> None:
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
-            _FS(linkpath).remove(linkpath)
+            _remove(linkpath)
             try:
                 os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), linkpath)
             except OSError:  # e.g. Windows without symlink rights
@@ -573,7 +546,7 @@ class ModelCheckpoint(Checkpoint):
 
     def _remove_checkpoint(self, trainer, filepath: str) -> None:
         if trainer.is_global_zero:
-            self._fs.remove(filepath)
+            _remove(filepath)
 
 
 def _total(num_batches: Any) -> float:
