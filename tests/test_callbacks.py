@@ -608,6 +608,24 @@ def test_gradient_accumulation_scheduler_matches_lightning():
     trainer = SimpleNamespace(current_epoch=3, accumulate_grad_batches=1)
     ours.on_train_epoch_start(trainer)
     assert trainer.accumulate_grad_batches == 4
+
+    import raylit
+
+    class Plain(raylit.LightningModule):
+        pass
+
+    class CustomStep(raylit.LightningModule):
+        def optimizer_step(self, *args, **kwargs):
+            pass
+
+    fresh = SimpleNamespace(accumulate_grad_batches=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours.on_train_start(fresh, Plain())
+    with pytest.warns(UserWarning, match="overriding"):
+        ours.on_train_start(fresh, CustomStep())
+    with pytest.raises(ValueError, match="accumulate_grad_batches"):
+        ours.on_train_start(SimpleNamespace(accumulate_grad_batches=2), Plain())
     for bad in ({}, {-1: 2}, {0: 0}):
         with pytest.raises(Exception) as t_err:
             lcb.GradientAccumulationScheduler(dict(bad))

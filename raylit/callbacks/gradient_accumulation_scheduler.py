@@ -42,13 +42,10 @@ class GradientAccumulationScheduler(Callback):
                 "Automatic gradient accumulation and the `GradientAccumulationScheduler` is not supported for"
                 " manual optimization. Please remove the callback or switch to automatic optimization."
             )
-        base = type(pl_module).__mro__[-1]
-        for cls in type(pl_module).__mro__:  # find the library's LightningModule class to detect overrides
-            if cls.__name__ == "LightningModule":
-                base = cls
-                break
+        from raylit.module import LightningModule
+
         overridden = any(
-            getattr(type(pl_module), name, None) is not getattr(base, name, None)
+            getattr(type(pl_module), name, None) is not getattr(LightningModule, name, None)
             for name in ("optimizer_step", "optimizer_zero_grad")
         )
         if overridden and self.going_to_accumulate_grad_batches():
