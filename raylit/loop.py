@@ -140,12 +140,15 @@ class Loop:
             set_rng_state(resume["epoch_start_rng"])
         else:
             skip, st.epoch_batches = 0, 0
+            if resume is not None and resume.get("rng") is not None:
+                set_rng_state(resume["rng"])  # before the iterator exists: creating it draws a seed
         st.epoch_start_rng = rng_state()
         batches = lookahead(loader, trainer.num_training_batches, skip=skip)
         if skip:
             set_rng_state(resume["rng"])
-        elif resume is not None and resume.get("rng") is not None:
-            set_rng_state(resume["rng"])
+            if resume.get("batch_pending") is not None:
+                # the checkpoint was written inside the end phase of its last batch: finish that phase once
+                self._finish_batch(*resume["batch_pending"])
 
         for batch_idx, batch, is_last in batches:
             st.is_last_batch = is_last
@@ -194,25 +197,33 @@ class Loop:
             self._update_lr_schedulers("step", plateau=False, batch_idx=batch_idx)
         if is_last:
             self._update_lr_schedulers("epoch", plateau=False)
+        # the batch is trained: a checkpoint written from here on resumes after it, and records that its
+        # validation and logger step are still to come (see _finish_batch)
+        st.epoch_batches += 1
+        st.total_batches += 1
+        st.batch_pending = (batch_idx, is_last, accumulate)
         hooks.callbacks_hook("on_train_batch_end", outputs, batch, batch_idx)
         hooks.module_hook("on_train_batch_end", outputs, batch, batch_idx)
         log = metrics.end_batch()
-        st.epoch_batches += 1
-        st.total_batches += 1
         if not accumulate and log and (trainer._should_log_step() or trainer.fast_dev_run):
             metrics.send_to_loggers(log)
         metrics.in_batch = False
+        self._finish_batch(batch_idx, is_last, accumulate)
 
+    def _finish_batch(self, batch_idx: int, is_last: bool, accumulate: bool) -> None:
+        """Validation when due, plateau schedulers, and the loggers' step: the end of a training batch."""
+        trainer, hooks, st = self.trainer, self.hooks, self.trainer._state
         if trainer._should_validate(batch_idx, is_last, st.total_batches):
             trainer.validating = True
             if not accumulate:
                 hooks.module_hook("on_validation_model_zero_grad")
             self.run_evaluation("validate")
             trainer.training = True
-            metrics.store = trainer._train_store
+            self.metrics.store = trainer._train_store
         if not accumulate:
             self._update_lr_schedulers("step", plateau=True, batch_idx=batch_idx)
             st.batches_that_stepped += 1
+        st.batch_pending = None
 
     def _automatic_step(self, batch: Any, batch_idx: int, accumulate: bool) -> dict[str, Any]:
         trainer, hooks, st = self.trainer, self.hooks, self.trainer._state

@@ -64,6 +64,9 @@ class TrainState:
     should_stop: bool = False
     is_last_batch: bool = False
     in_epoch: bool = False          # between an epoch's start hooks and its counter increment
+    # (batch_idx, is_last, accumulating) of a trained batch whose end phase (validation, logger step) has
+    # not finished yet; saved so that a resume finishes it exactly once
+    batch_pending: tuple | None = None
     # RNG right before the current epoch's data iterator was created: replaying it reproduces the epoch's order
     epoch_start_rng: dict[str, Any] | None = field(default=None, repr=False)
     # set by a restore, consumed by the first epoch that runs afterwards
@@ -73,6 +76,7 @@ class TrainState:
         out: dict[str, Any] = {k: getattr(self, k) for k in _CHECKPOINTED}
         out["rng"] = rng_state()
         out["epoch_start_rng"] = self.epoch_start_rng
+        out["batch_pending"] = self.batch_pending
         return out
 
     def restore(self, ckpt: dict[str, Any]) -> None:
