@@ -356,12 +356,14 @@ def make_classes(pl) -> SimpleNamespace:
             eval_len: int = 8,
             batch_size: int = 2,
             raise_at: int | None = None,
+            raise_interrupt: bool = False,
             extra_callback: str | None = None,
         ) -> None:
             super().__init__()
             self.calls = calls
             self._record_hooks = True
             self.raise_at = raise_at
+            self.raise_interrupt = raise_interrupt
             self.extra_callback = extra_callback
             self.layer = nn.Linear(32, 2)
             self.sched = sched
@@ -383,6 +385,8 @@ def make_classes(pl) -> SimpleNamespace:
 
         def training_step(self, batch, batch_idx):
             self._rec("training_step", batch_idx=batch_idx)
+            if batch_idx == self.raise_at and self.raise_interrupt:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of training
             if batch_idx == self.raise_at:
                 raise ValueError(f"training_step failed on purpose at batch {batch_idx}")
             loss = self.loss(batch)
@@ -654,6 +658,11 @@ HOOK_CONFIGS: dict[str, HookConfig] = {
         model={"raise_at": 1},
         description="training_step raises ValueError on batch 1: on_exception hooks, then the error propagates",
     ),
+    "fit_keyboard_interrupt": HookConfig(
+        trainer={"limit_train_batches": 3, "limit_val_batches": 1, "max_epochs": 1},
+        model={"raise_at": 1, "raise_interrupt": True},
+        description="KeyboardInterrupt in training_step: on_exception hooks, then what the Trainer does",
+    ),
     "fit_then_validate_test": HookConfig(
         entries=("fit", "validate", "test"),
         trainer={"limit_train_batches": 1, "limit_val_batches": 1, "limit_test_batches": 1, "max_epochs": 1},
@@ -704,8 +713,9 @@ def run_hook_config(pl, name: str, root) -> list[str]:
             kw["datamodule"] = dm
         try:
             fn(model, **kw)
-        except Exception as err:  # noqa: BLE001 - recorded, so the on_exception/teardown order can be compared
-            calls.append(f"## raised {type(err).__name__}")
+        except (Exception, KeyboardInterrupt, SystemExit) as err:  # noqa: BLE001 - recorded, so the on_exception/teardown order can be compared
+            code = f" code={err.code}" if isinstance(err, SystemExit) else ""
+            calls.append(f"## raised {type(err).__name__}{code} interrupted={trainer.interrupted}")
             break
     return calls
 
