@@ -817,7 +817,8 @@ def test_progress_bar_non_terminal_output_is_throttled(capsys, make_bar):
     elapsed = time.monotonic() - start
     out = capsys.readouterr().out
     assert "3000/3000" in out and "v_num" in out and "loss" in out
-    # Metrics are read when a redraw is due, not per batch: about once a second plus the epoch boundaries.
+    # Metrics are read when a redraw is due, not per batch: at most about once a second (tqdm) or never
+    # (rich draws nothing mid-run off a terminal), plus the epoch boundaries.
     assert _BarTrainer.reads <= 6 + 2 * elapsed, _BarTrainer.reads
     # A fixed number of redraws at phase boundaries, plus at most ~1/s: never one per batch (3000 here).
     assert out.count("\r") + out.count("\n") <= 40 + 2 * elapsed

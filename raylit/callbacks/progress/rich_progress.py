@@ -138,6 +138,7 @@ class RichProgressBar(ProgressBar):
         self._metric_component: _MetricsColumn | None = None
         self._last_refresh = -math.inf
         self._totals: dict = {}
+        self._console_redraws = True
         self.theme = theme
         self._reset_progress_bar_ids()
 
@@ -212,6 +213,7 @@ class RichProgressBar(ProgressBar):
         self._console = Console(**self._console_kwargs) if self._console_kwargs else get_console()
         if getattr(self._console, "_live_stack", None):  # a bar left running by an earlier, crashed run
             self._console.clear_live()
+        self._console_redraws = self._console.is_terminal or self._console.is_jupyter
         self._metric_component = _MetricsColumn(self, self.theme)
         # No auto-refresh thread: a thread redrawing 100 times a second would compete with training for
         # the GIL. We redraw from the hooks instead (see _refresh).
@@ -238,13 +240,17 @@ class RichProgressBar(ProgressBar):
             self._last_refresh = now
             self.progress.refresh()
 
-    def _due(self, n: int, task_id: "TaskID | None") -> bool:
-        """Cheap per-batch check: is a redraw due (time passed, or the bar's last batch)?"""
+    def _advance(self, task_id: "TaskID | None", n: int) -> bool:
+        """Record that ``n`` batches are done (cheap: rich only stores it, which also keeps its speed
+        estimate right) and say whether a redraw is due: ``1 / refresh_rate`` seconds have passed, or it is
+        the bar's last batch."""
         if self.is_disabled or self.progress is None or task_id is None:
             return False
+        self.progress.update(task_id, completed=n, visible=True)
         if n == self._totals.get(task_id):
             return True
-        return time.monotonic() - self._last_refresh >= 1.0 / self.refresh_rate
+        # rich draws nothing mid-run on a non-terminal console (a log file, a pipe): no redraw is ever due.
+        return self._console_redraws and time.monotonic() - self._last_refresh >= 1.0 / self.refresh_rate
 
     def _add_task(self, total: float, description: str, visible: bool = True) -> "TaskID":
         assert self.progress is not None
@@ -260,11 +266,6 @@ class RichProgressBar(ProgressBar):
             self.progress.remove_task(old)
             self._totals.pop(old, None)
         return self._add_task(total, description, visible)
-
-    def _update(self, task_id: "TaskID | None", current: int, visible: bool = True) -> None:
-        if self.progress is not None and self.is_enabled and task_id is not None:
-            self.progress.update(task_id, completed=current, visible=visible)
-            self.refresh(hard=True)  # callers check _due() first
 
     def _hide(self, task_id: "TaskID | None") -> None:
         if self.progress is not None and task_id is not None:
@@ -322,10 +323,9 @@ class RichProgressBar(ProgressBar):
             self.train_progress_bar_id = self._add_task(
                 self.total_train_batches, self._train_description(trainer.current_epoch)
             )
-        if not self._due(n, self.train_progress_bar_id):
-            return
-        self._update_metrics(trainer, pl_module)
-        self._update(self.train_progress_bar_id, n)
+        if self._advance(self.train_progress_bar_id, n):
+            self._update_metrics(trainer, pl_module)  # only now: reading the metrics may sync the device
+            self.refresh(hard=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._update_metrics(trainer, pl_module)
@@ -352,8 +352,8 @@ class RichProgressBar(ProgressBar):
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
         task_id = self.val_sanity_progress_bar_id if trainer.sanity_checking else self.val_progress_bar_id
-        if self._due(batch_idx + 1, task_id):
-            self._update(task_id, batch_idx + 1)
+        if self._advance(task_id, batch_idx + 1):
+            self.refresh(hard=True)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self.is_enabled and trainer.state.fn == "fit":
@@ -377,8 +377,8 @@ class RichProgressBar(ProgressBar):
         self.refresh()
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self._due(batch_idx + 1, self.test_progress_bar_id):
-            self._update(self.test_progress_bar_id, batch_idx + 1)
+        if self._advance(self.test_progress_bar_id, batch_idx + 1):
+            self.refresh(hard=True)
 
     def on_test_end(self, trainer, pl_module) -> None:
         self.reset_dataloader_idx_tracker()
@@ -397,8 +397,8 @@ class RichProgressBar(ProgressBar):
         self.refresh()
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self._due(batch_idx + 1, self.predict_progress_bar_id):
-            self._update(self.predict_progress_bar_id, batch_idx + 1)
+        if self._advance(self.predict_progress_bar_id, batch_idx + 1):
+            self.refresh(hard=True)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self.reset_dataloader_idx_tracker()
