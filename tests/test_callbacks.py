@@ -938,9 +938,10 @@ def _es_view(es) -> dict:
     }
 
 
-def program_topk_early_stopping_resume(name: str, root: Path) -> dict:
-    """Top-2 + last + early stopping for 3 epochs; then a new Trainer resumes from last.ckpt and continues the
-    bookkeeping (files replaced in the top 2 are deleted) until early stopping ends the run."""
+def program_topk_early_stopping_resume(name: str, root: Path, resume_with: str | None = None) -> dict:
+    """Top-2 + last + early stopping for 3 epochs; then a new Trainer (of ``resume_with``, default the same
+    framework) resumes from last.ckpt and continues the bookkeeping (files replaced in the top 2 are deleted)
+    until early stopping ends the run."""
     pl, cbs, _ = _framework(name)
     dirpath = root / "ckpts"
 
@@ -959,6 +960,7 @@ def program_topk_early_stopping_resume(name: str, root: Path) -> dict:
     trainer.fit(_scripted_model(pl))
     first = {"mc": _checkpoint_view(mc, dirpath), "es": _es_view(es), "step": trainer.global_step}
 
+    pl, cbs, _ = _framework(resume_with or name)
     mc, es = callbacks()
     trainer = pl.Trainer(default_root_dir=root, max_epochs=10, callbacks=[mc, es], **QUIET)
     trainer.fit(_scripted_model(pl), ckpt_path=str(dirpath / "last.ckpt"))
@@ -1129,6 +1131,16 @@ def program_link_and_sparse_validation(name: str, root: Path) -> dict:
         "epochs": trainer.current_epoch,
         "held": {"es": _es_view(patient), "epochs": held.current_epoch, "step": held.global_step},
     }
+
+
+@pytest.mark.parametrize("first, then", [("raylit", "pytorch_lightning"), ("pytorch_lightning", "raylit")])
+def test_resume_across_frameworks(first, then, tmp_path):
+    """Callback state written by one library resumes in the other: the swap works both ways mid-project."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = program_topk_early_stopping_resume("pytorch_lightning", tmp_path / "reference")
+        actual = program_topk_early_stopping_resume(first, tmp_path / "mixed", resume_with=then)
+    assert actual == expected
 
 
 PROGRAMS = {
