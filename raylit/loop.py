@@ -410,6 +410,7 @@ class Loop:
             for m, training in modes.items():
                 m.training = training
         metrics.store = prev_store
+        store.reset()  # also resets logged torchmetrics objects, so the next run starts clean
         return [{k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in out.items()}
                 for out in outputs_per_loader]
 

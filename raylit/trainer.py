@@ -132,7 +132,7 @@ class Trainer:
         self._init_flags = dict(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes)
         # --- hardware and distribution ---------------------------------------------------------------
         if not isinstance(accelerator, str) or accelerator.lower() not in _ACCELERATORS:
-            raise MisconfigurationException(
+            raise ValueError(
                 f"`Trainer(accelerator={accelerator!r})` is not a valid value. Expected one of {list(_ACCELERATORS)}")
         accelerator = accelerator.lower()
         if accelerator == "auto":
@@ -147,7 +147,7 @@ class Trainer:
         self._device_ids = self._parse_devices(devices, accelerator)
         self._strategy_flag = strategy
         if not isinstance(strategy, str) or strategy not in _STRATEGIES:
-            raise MisconfigurationException(
+            raise ValueError(
                 f"`Trainer(strategy={strategy!r})` is not supported. Expected one of {sorted(_STRATEGIES)}")
         self._scaling_config = scaling_config
         self._run_config = run_config
@@ -679,17 +679,15 @@ class Trainer:
     @property
     def estimated_stepping_batches(self) -> int | float:
         """Optimizer steps the whole fit will take (for OneCycleLR-style schedulers)."""
-        if self._train_loader is None and self.state.fn == TrainerFn.FITTING and self._hooks is not None:
+        if self.max_epochs == -1:
+            return math.inf if self.max_steps == -1 else self.max_steps
+        if self._train_loader is None and self._hooks is not None:
             self._load_train_data()
         n = self._num_training_batches
         if n == math.inf:
-            return self.max_steps if self.max_steps != -1 else math.inf
-        per_epoch = math.ceil(n / self.accumulate_grad_batches)
-        epochs = self.max_epochs if self.max_epochs not in (None, -1) else None
-        total = per_epoch * max(epochs, 1) if epochs is not None else math.inf
-        if self.max_steps != -1:
-            return min(total, self.max_steps)
-        return total
+            return self.max_steps
+        total = math.ceil(n / self.accumulate_grad_batches) * max(self.max_epochs, 1)
+        return min(total, self.max_steps) if self.max_steps != -1 else total
 
     # ------------------------------------------------------------------------------------------------------
     # entry points
@@ -744,8 +742,8 @@ class Trainer:
         if model is None:
             model = self._lightning_module
             if model is None:
-                raise MisconfigurationException(f"`trainer.{fn}()` requires a `model` when it has not been called "
-                                                "with one before")
+                raise TypeError(f"`Trainer.{fn}()` requires a `LightningModule` when it hasn't been passed in a "
+                                "previous run")
             kwargs["_model_given"] = False
         elif not isinstance(model, LightningModule):
             raise TypeError(f"`model` must be a `raylit.LightningModule`, got `{type(model).__qualname__}`")
@@ -786,6 +784,9 @@ class Trainer:
             if self.is_global_zero:
                 for lg in self.loggers:
                     lg.finalize("failed")
+            if isinstance(exc, KeyboardInterrupt):
+                # Lightning's behaviour: a Ctrl-C ends the program with exit code 1 once the hooks have run
+                raise SystemExit(1) from exc
             raise
         finally:
             self.state.stage = None
@@ -988,6 +989,10 @@ class Trainer:
         return self._hooks.module_hook(hook)
 
     def _prepare_loader(self, loader: Any, stage: str) -> Any:
+        if os.environ.get("PL_SEED_WORKERS") == "1":
+            from raylit.utilities.seed import add_worker_init_fn
+
+            add_worker_init_fn(loader, self.global_rank)
         overfit = self.overfit_batches > 0 and stage in ("train", "val")
         if overfit:
             loader = without_shuffle(loader)

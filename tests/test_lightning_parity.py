@@ -707,10 +707,8 @@ NUMERIC_CONFIGS = {
     ),
     "explicit_dataloaders_to_fit": ({"pass_loaders": True}, {"max_epochs": 2}),
     "datamodule_positional": ({"pass_datamodule": True}, {"max_epochs": 1}),
-    "seed_everything_workers_true": (
-        {"train_data": "noisy_workers", "seed_workers": True},
-        {"max_epochs": 2, "limit_val_batches": 0},
-    ),
+    # seed_everything(workers=True) is not compared here: the per-worker seeds are each framework's own
+    # derivation (raylit's is tested for determinism and distinct streams in test_engine.py)
     "limit_train_batches_0": ({}, {"max_epochs": 2, "limit_train_batches": 0}),
     "manual_max_steps": ({"manual": True, "two_opts": True}, {"max_epochs": 3, "max_steps": 5}),
 }

@@ -30,6 +30,26 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
     return seed
 
 
+def worker_init_function(worker_id: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch in a DataLoader worker from (base seed, worker id, global rank), so that
+    workers and ranks draw distinct, reproducible streams (installed by ``seed_everything(workers=True)``)."""
+    base_seed = torch.initial_seed() - worker_id  # torch seeds worker i with base_seed + i
+    seq = np.random.SeedSequence([base_seed, worker_id, rank])
+    torch_seed, py_seed = (int(x) for x in seq.generate_state(2, dtype=np.uint64))
+    torch.manual_seed(torch_seed)
+    random.seed(py_seed)
+    np.random.seed(seq.generate_state(4))
+
+
+def add_worker_init_fn(loader: Any, rank: int) -> None:
+    from functools import partial
+
+    from torch.utils.data import DataLoader
+
+    if isinstance(loader, DataLoader) and loader.worker_init_fn is None and loader.num_workers > 0:
+        loader.worker_init_fn = partial(worker_init_function, rank=rank)
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG stream a training step may draw from, in a form torch.save(weights_only=True) accepts."""
     state: dict[str, Any] = {
