@@ -1,26 +1,21 @@
 """RichProgressBar: progress bars drawn with rich (the default bar when rich is installed)."""
 
+import importlib.util
 import math
 import time
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from raylit.callbacks.progress.progress_bar import ProgressBar
 
-try:
-    from rich import get_console
+if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
+    from rich.progress import Progress, Task, TaskID
     from rich.style import Style
-    from rich.text import Text
 
-    _RICH_AVAILABLE = True
-except ModuleNotFoundError:  # pragma: no cover - rich is a dependency; raise a clear error on use
-    _RICH_AVAILABLE = False
-    ProgressColumn = object  # type: ignore[assignment,misc]
+_RICH_AVAILABLE = importlib.util.find_spec("rich") is not None
 
 
 @dataclass
@@ -40,65 +35,6 @@ class RichProgressBarTheme:
 
 
 _DEFAULT_THEME = RichProgressBarTheme()
-
-
-class _BatchesColumn(ProgressColumn):
-    def __init__(self, style: Any) -> None:
-        self.style = style
-        super().__init__()
-
-    def render(self, task: "Task") -> "Text":
-        total = "--" if task.total is None else int(task.total)
-        return Text(f"{int(task.completed)}/{total}", style=self.style)
-
-
-class _TimeColumn(ProgressColumn):
-    max_refresh = 0.5
-
-    def __init__(self, style: Any) -> None:
-        self.style = style
-        super().__init__()
-
-    def render(self, task: "Task") -> "Text":
-        elapsed = task.finished_time if task.finished else task.elapsed
-        remaining = task.time_remaining if task.total is not None else None
-
-        def fmt(seconds: float | None) -> str:
-            return "-:--:--" if seconds is None else str(timedelta(seconds=int(seconds)))
-
-        return Text(f"{fmt(elapsed)} • {fmt(remaining)}", style=self.style)
-
-
-class _SpeedColumn(ProgressColumn):
-    def __init__(self, style: Any) -> None:
-        self.style = style
-        super().__init__()
-
-    def render(self, task: "Task") -> "Text":
-        return Text(f"{task.speed or 0:>.2f}it/s", style=self.style)
-
-
-class _MetricsColumn(ProgressColumn):
-    """The progress-bar metrics, drawn on the training bar only."""
-
-    def __init__(self, bar: "RichProgressBar", theme: RichProgressBarTheme) -> None:
-        self._bar = bar
-        self._theme = theme
-        self.metrics: dict[str, Any] = {}
-        super().__init__()
-
-    def render(self, task: "Task") -> "Text":
-        if task.id != self._bar.train_progress_bar_id:
-            return Text()
-        parts = []
-        for name, value in self.metrics.items():
-            if not isinstance(value, str):
-                try:
-                    value = f"{value:{self._theme.metrics_format}}"
-                except (TypeError, ValueError):
-                    value = str(value)
-            parts.append(f"{name}: {value}")
-        return Text(self._theme.metrics_text_delimiter.join(parts), justify="left", style=self._theme.metrics)
 
 
 class RichProgressBar(ProgressBar):
@@ -135,7 +71,7 @@ class RichProgressBar(ProgressBar):
         self._enabled = True
         self.progress: Progress | None = None
         self._progress_stopped = False
-        self._metric_component: _MetricsColumn | None = None
+        self._metric_component: Any = None
         self._last_refresh = -math.inf
         self._totals: dict = {}
         self._console_redraws = True
@@ -192,6 +128,10 @@ class RichProgressBar(ProgressBar):
 
     def configure_columns(self, trainer) -> list:
         """The columns before the metrics; override to change the layout."""
+        from rich.progress import BarColumn, TextColumn
+
+        from raylit.callbacks.progress._rich_columns import BatchesColumn, SpeedColumn, TimeColumn
+
         return [
             TextColumn("[progress.description]{task.description}"),
             BarColumn(
@@ -199,9 +139,9 @@ class RichProgressBar(ProgressBar):
                 finished_style=self.theme.progress_bar_finished,
                 pulse_style=self.theme.progress_bar_pulse,
             ),
-            _BatchesColumn(self.theme.batch_progress),
-            _TimeColumn(self.theme.time),
-            _SpeedColumn(self.theme.processing_speed),
+            BatchesColumn(self.theme.batch_progress),
+            TimeColumn(self.theme.time),
+            SpeedColumn(self.theme.processing_speed),
         ]
 
     # --- life cycle ----------------------------------------------------------------------------------------
@@ -209,12 +149,18 @@ class RichProgressBar(ProgressBar):
         if not self.is_enabled or (self.progress is not None and not self._progress_stopped):
             return
         self._reset_progress_bar_ids()
-        self._totals: dict[TaskID, int | float] = {}
+        from rich import get_console
+        from rich.console import Console
+        from rich.progress import Progress
+
+        from raylit.callbacks.progress._rich_columns import MetricsColumn
+
+        self._totals: dict[Any, float] = {}
         self._console = Console(**self._console_kwargs) if self._console_kwargs else get_console()
         if getattr(self._console, "_live_stack", None):  # a bar left running by an earlier, crashed run
             self._console.clear_live()
         self._console_redraws = self._console.is_terminal or self._console.is_jupyter
-        self._metric_component = _MetricsColumn(self, self.theme)
+        self._metric_component = MetricsColumn(self, self.theme)
         # No auto-refresh thread: a thread redrawing 100 times a second would compete with training for
         # the GIL. We redraw from the hooks instead (see _refresh).
         self.progress = Progress(
