@@ -1250,3 +1250,12 @@ def test_lightning_import_paths_exist():
         assert getattr(ours, name) is getattr(rcb, name), (name, lightning_module)
     from raylit.callbacks.early_stopping import EarlyStoppingReason  # noqa: F401
     from raylit.callbacks.progress.rich_progress import RichProgressBarTheme  # noqa: F401
+
+
+def test_import_does_not_load_rich():
+    """rich costs about 0.1 s to import; it loads when a rich bar or summary first draws."""
+    import subprocess
+    import sys
+
+    code = "import raylit.callbacks, sys; assert 'rich' not in sys.modules, 'rich imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
