@@ -7,8 +7,8 @@ resumption needs beyond Lightning's counters (RNG streams, the position inside t
 ignores it.
 """
 
-import io
 import inspect
+import io
 import os
 import pickle
 import warnings

@@ -6,7 +6,6 @@ See ``raylit/hooks.py`` for the hook order in pseudocode.
 """
 
 import inspect
-import math
 from contextlib import nullcontext
 from typing import Any
 
@@ -77,7 +76,7 @@ class Loop:
 
     # --- fit --------------------------------------------------------------------------------------------
     def run_fit(self) -> None:
-        trainer, hooks, st = self.trainer, self.hooks, self.trainer._state
+        trainer, hooks = self.trainer, self.hooks
         if trainer._should_sanity_check():
             self.run_sanity_check()
         trainer._load_train_data()
@@ -486,4 +485,3 @@ def _set_sampler_epoch(loader: Any, epoch: int) -> None:
             _set_sampler_epoch(dl, epoch)
 
 
-_ = math  # (math is used by callers for inf limits)

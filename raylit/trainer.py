@@ -4,7 +4,6 @@ import math
 import os
 import warnings
 from contextlib import contextmanager
-from datetime import timedelta
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -12,7 +11,7 @@ import torch
 from raylit import checkpoint as ckpt_io
 from raylit.callbacks.base import Callback
 from raylit.callbacks.checkpoint import Checkpoint
-from raylit.data import (as_eval_list, as_train_loader, limit_batches, without_shuffle)
+from raylit.data import as_eval_list, as_train_loader, limit_batches, without_shuffle
 from raylit.hooks import HookDispatcher, is_overridden
 from raylit.loggers.base import DummyLogger, Logger
 from raylit.loop import Loop
@@ -1229,4 +1228,3 @@ def _print_results(results: list[dict[str, float]], fn: str) -> None:
     print(line)
 
 
-_ = timedelta
