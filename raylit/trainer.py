@@ -821,8 +821,9 @@ class Trainer:
         hooks.datamodule_hook("setup", fn)
         hooks.callbacks_hook("setup", fn)
         hooks.module_hook("setup", fn)
-        if is_overridden(module, "configure_model", type(module).__mro__[-3]) or \
-                "configure_model" in type(module).__dict__:
+        from raylit.module import LightningModule
+
+        if is_overridden(module, "configure_model", LightningModule):
             with self._precision.init_context():
                 hooks.module_hook("configure_model")
         path = ckpt_io.resolve_ckpt_path(self, ckpt_path, fn, model_given)
