@@ -168,9 +168,7 @@ class DistributedRuntime(Runtime):
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         box = [obj]
-        dist.broadcast_object_list(
-            box, src=src, device=self._comm_device if self._backend == "nccl" else None
-        )
+        dist.broadcast_object_list(box, src=src, device=self._comm_device if self._backend == "nccl" else None)
         return box[0]
 
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:

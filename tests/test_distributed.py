@@ -165,9 +165,7 @@ def _check_samplers(rt: DistributedRuntime, rank: int) -> None:
     if rank == 0:
         assert any("repeated sample" in str(w.message) for w in caught)
     per_rank, _ = _epoch_indices(rt, padded)
-    assert len(per_rank[0]) == len(per_rank[1]) == 3 and sorted(set(per_rank[0] + per_rank[1])) == list(
-        range(5)
-    )
+    assert len(per_rank[0]) == len(per_rank[1]) == 3 and sorted(set(per_rank[0] + per_rank[1])) == list(range(5))
     assert _equal_batch_counts(7, 2, 4, False) and not _equal_batch_counts(5, 2, 2, False)
     assert _equal_batch_counts(5, 2, 2, True)  # 3 vs 2 samples, drop_last -> one batch each
 
@@ -189,9 +187,7 @@ def _check_samplers(rt: DistributedRuntime, rank: int) -> None:
     # left alone: iterable datasets, loaders that already have a DistributedSampler, collections recurse
     stream = DataLoader(_Stream())
     assert rt.setup_dataloader(stream, "train") is stream
-    mine = DataLoader(
-        _IndexDataset(4), sampler=torch.utils.data.DistributedSampler(_IndexDataset(4), 2, rank)
-    )
+    mine = DataLoader(_IndexDataset(4), sampler=torch.utils.data.DistributedSampler(_IndexDataset(4), 2, rank))
     assert rt.setup_dataloader(mine, "train") is mine
     both = rt.setup_dataloader([stream, loader], "val")
     assert isinstance(both, list) and both[0] is stream and both[1] is not loader
@@ -289,10 +285,7 @@ def _check_ddp(rt: DistributedRuntime, rank: int) -> None:
     ref = plain()
     _train(Runtime(), ref, [(x[0:8], y[0:8])])
     acc = plain()
-    micro = [
-        (x[rank * 4 + k * 2 : rank * 4 + k * 2 + 2], y[rank * 4 + k * 2 : rank * 4 + k * 2 + 2])
-        for k in (0, 1)
-    ]
+    micro = [(x[rank * 4 + k * 2 : rank * 4 + k * 2 + 2], y[rank * 4 + k * 2 : rank * 4 + k * 2 + 2]) for k in (0, 1)]
     wrapped = rt.wrap_model(acc)
     opt = torch.optim.SGD(acc.parameters(), lr=0.1)
     with rt.no_sync(wrapped):
