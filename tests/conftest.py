@@ -13,3 +13,6 @@ def lightning_reference() -> dict:
     """Session cache of results computed under real Lightning, keyed by test program and configuration, so
     that the raylit half of a differential test does not rerun the reference."""
     return {}
+
+
+pytest_plugins = ["_ray_fixtures"]
