@@ -289,6 +289,14 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: Any, fn: str, model_given: bool) 
             if dirpath and not fs.is_remote(dirpath) and os.path.isdir(dirpath):
                 candidates += [os.path.join(dirpath, f) for f in os.listdir(dirpath)
                                if f.startswith("last") and f.endswith(".ckpt")]
+        from raylit.resume import ResumeCheckpoint, latest_resume_checkpoint
+
+        for cb in trainer.callbacks:
+            if isinstance(cb, ResumeCheckpoint):
+                resume_dir = cb.dirpath or fs.join(trainer.default_root_dir, "resume")
+                latest = latest_resume_checkpoint(resume_dir)
+                if latest:
+                    candidates.append(latest)
         candidates = [c for c in candidates if fs.is_remote(c) or os.path.exists(c)]
         if not candidates:
             warnings.warn(f'.{fn}(ckpt_path="last") is set, but there is no last checkpoint available. No '
@@ -298,3 +306,4 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: Any, fn: str, model_given: bool) 
     if not isinstance(ckpt_path, (str, os.PathLike)):
         raise ValueError(f"ckpt_path={ckpt_path!r} is invalid: pass a file path, 'last', 'best' or None")
     return str(ckpt_path)
+

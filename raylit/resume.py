@@ -1,0 +1,120 @@
+"""Resume checkpoints: what fault tolerance restores from.
+
+``ResumeCheckpoint`` writes a full checkpoint every N optimizer steps and/or every T seconds into its own
+directory, keeping the newest ``keep`` files, so a lost worker, node or driver costs at most the work since
+the last one. It is independent of ``ModelCheckpoint``: it never touches the user's top-k files.
+
+Files are written atomically and named ``resume-step=<global_step>.ckpt``; a file becomes the "latest" only
+once it is complete. ``latest_resume_checkpoint`` picks the newest one that loads, warning when it has to skip a
+corrupt or truncated newer file.
+"""
+
+import os
+import re
+import time
+import warnings
+from typing import Any
+
+from raylit import fs
+from raylit.callbacks.base import Callback
+
+_NAME = re.compile(r"^resume-step=(\d+)\.ckpt$")
+
+
+class ResumeCheckpoint(Callback):
+    """Periodic full checkpoints for automatic recovery.
+
+    Args:
+        dirpath: where to write; default ``<trainer.default_root_dir>/resume``.
+        every_n_train_steps: save after every N optimizer steps (None: no step cadence).
+        every_n_seconds: save when this much time has passed since the last save (None: no time cadence).
+        keep: how many resume checkpoints to keep (the newest ones); at least 1.
+    """
+
+    def __init__(self, dirpath: str | None = None, every_n_train_steps: int | None = None,
+                 every_n_seconds: float | None = 300.0, keep: int = 2) -> None:
+        if every_n_train_steps is not None and (not isinstance(every_n_train_steps, int) or every_n_train_steps < 1):
+            raise ValueError(f"ResumeCheckpoint(every_n_train_steps={every_n_train_steps!r}): expected None or an "
+                             "int >= 1")
+        if every_n_seconds is not None and every_n_seconds <= 0:
+            raise ValueError(f"ResumeCheckpoint(every_n_seconds={every_n_seconds!r}): expected None or > 0")
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"ResumeCheckpoint(keep={keep!r}): expected an int >= 1")
+        self.dirpath = dirpath
+        self.every_n_train_steps = every_n_train_steps
+        self.every_n_seconds = every_n_seconds
+        self.keep = keep
+        self._last_save_time = time.monotonic()
+        self._last_saved_step = -1
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_train_steps=self.every_n_train_steps,
+                                        every_n_seconds=self.every_n_seconds)
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = fs.join(trainer.default_root_dir, "resume")
+        self._last_save_time = time.monotonic()
+
+    def _due(self, trainer: Any) -> bool:
+        step = trainer.global_step
+        if step == self._last_saved_step or trainer.sanity_checking:
+            return False
+        if self.every_n_train_steps is not None and step > 0 and step % self.every_n_train_steps == 0:
+            return True
+        if self.every_n_seconds is not None:
+            # every rank must agree, or the save (a collective in distributed runs) would hang
+            due = time.monotonic() - self._last_save_time >= self.every_n_seconds
+            return trainer.strategy.broadcast(due)
+        return False
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._due(trainer):
+            self.save(trainer)
+
+    def save(self, trainer: Any) -> str:
+        path = fs.join(self.dirpath, f"resume-step={trainer.global_step}.ckpt")
+        trainer.save_checkpoint(path)
+        self._last_save_time = time.monotonic()
+        self._last_saved_step = trainer.global_step
+        if trainer.is_global_zero:
+            for old in list_resume_checkpoints(self.dirpath)[self.keep:]:
+                fs.remove(old)
+        return path
+
+
+def list_resume_checkpoints(dirpath: str) -> list[str]:
+    """Resume checkpoints in ``dirpath``, newest (highest step) first."""
+    if fs.is_remote(dirpath):
+        from pyarrow import fs as pafs
+
+        filesystem, base = fs._fs(dirpath)
+        infos = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        names = [i.base_name for i in infos]
+    else:
+        names = os.listdir(dirpath) if os.path.isdir(dirpath) else []
+    found = [(int(m.group(1)), n) for n in names if (m := _NAME.match(n))]
+    return [fs.join(dirpath, n) for _, n in sorted(found, reverse=True)]
+
+
+def latest_resume_checkpoint(dirpath: str, weights_only: bool | None = None) -> str | None:
+    """The newest resume checkpoint in ``dirpath`` that loads; corrupt newer files are skipped with a warning
+    naming them and the file used instead."""
+    from raylit.checkpoint import CheckpointLoadError, load_checkpoint_file
+
+    skipped: list[str] = []
+    for path in list_resume_checkpoints(dirpath):
+        try:
+            load_checkpoint_file(path, weights_only=weights_only)
+        except (CheckpointLoadError, FileNotFoundError):
+            skipped.append(path)
+            continue
+        if skipped:
+            warnings.warn(f"Resume checkpoint(s) {skipped} could not be loaded (incomplete or corrupt); resuming "
+                          f"from the previous one, {path}", UserWarning, stacklevel=2)
+        return path
+    if skipped:
+        warnings.warn(f"No loadable resume checkpoint in {dirpath}: {skipped} are incomplete or corrupt; starting "
+                      "from scratch", UserWarning, stacklevel=2)
+    return None

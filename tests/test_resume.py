@@ -1,0 +1,102 @@
+"""Resume checkpoints (the engine half of fault tolerance): cadence, retention, corrupt-latest fallback,
+ckpt_path="last", and exactness of a run resumed from one."""
+
+import os
+
+import pytest
+import torch
+
+import raylit
+from raylit.resume import ResumeCheckpoint, latest_resume_checkpoint, list_resume_checkpoints
+from test_engine import QUIET, DropoutModel, _Crash, _fit_uninterrupted, _weights
+
+
+class CrashAt(raylit.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise _Crash()
+
+
+def _steps(paths):
+    return [int(os.path.basename(p)[len("resume-step="):-len(".ckpt")]) for p in paths]
+
+
+def test_periodic_saves_with_bounded_retention(tmp_path):
+    rc = ResumeCheckpoint(dirpath=str(tmp_path / "resume"), every_n_train_steps=4, every_n_seconds=None, keep=2)
+    raylit.seed_everything(0, verbose=False)
+    trainer = raylit.Trainer(max_epochs=2, callbacks=[rc], enable_checkpointing=False,
+                             default_root_dir=str(tmp_path), **QUIET)
+    trainer.fit(DropoutModel())
+    # saves at steps 4, 8, 12, 16, 20; only the two newest remain, and no temporary files
+    assert _steps(list_resume_checkpoints(rc.dirpath)) == [20, 16]
+    assert sorted(os.listdir(rc.dirpath)) == ["resume-step=16.ckpt", "resume-step=20.ckpt"]
+
+
+def test_time_cadence_saves(tmp_path):
+    rc = ResumeCheckpoint(dirpath=str(tmp_path / "r"), every_n_train_steps=None, every_n_seconds=1e-9, keep=3)
+    trainer = raylit.Trainer(max_epochs=1, limit_train_batches=5, callbacks=[rc], enable_checkpointing=False,
+                             default_root_dir=str(tmp_path), **QUIET)
+    trainer.fit(DropoutModel())
+    assert _steps(list_resume_checkpoints(rc.dirpath)) == [5, 4, 3]
+
+
+def test_corrupt_latest_falls_back_to_previous_with_a_warning(tmp_path):
+    rc = ResumeCheckpoint(dirpath=str(tmp_path / "r"), every_n_train_steps=2, every_n_seconds=None, keep=3)
+    trainer = raylit.Trainer(max_epochs=1, limit_train_batches=6, callbacks=[rc], enable_checkpointing=False,
+                             default_root_dir=str(tmp_path), **QUIET)
+    trainer.fit(DropoutModel())
+    newest, previous = list_resume_checkpoints(rc.dirpath)[:2]
+    data = open(newest, "rb").read()
+    with open(newest, "wb") as f:  # what a writer killed half-way through a non-atomic copy leaves
+        f.write(data[: len(data) // 3])
+    with pytest.warns(UserWarning, match="resume-step=6.ckpt.*resume-step=4.ckpt"):
+        assert latest_resume_checkpoint(rc.dirpath) == previous
+
+
+@pytest.mark.parametrize("crash_at", [7, 13])
+def test_crash_then_ckpt_path_last_resumes_exactly(tmp_path, crash_at):
+    """A run that dies is rerun with the same command and ckpt_path="last": it resumes from the newest resume
+    checkpoint and ends with the uninterrupted run's weights."""
+    full, _ = _fit_uninterrupted(tmp_path)
+
+    def run(callbacks):
+        rc = ResumeCheckpoint(every_n_train_steps=3, every_n_seconds=None, keep=2)
+        trainer = raylit.Trainer(max_epochs=3, callbacks=[rc, *callbacks], enable_checkpointing=False,
+                                 default_root_dir=str(tmp_path / "run"), **QUIET)
+        trainer.fit(DropoutModel(), ckpt_path="last")
+        return trainer
+
+    raylit.seed_everything(0, verbose=False)
+    with pytest.raises(_Crash):
+        run([CrashAt(crash_at)])
+    raylit.seed_everything(555, verbose=False)  # the rerun starts with different RNG and weights
+    resumed_model_holder = {}
+
+    class Keep(raylit.Callback):
+        def on_fit_end(self, trainer, pl_module):
+            resumed_model_holder["model"] = pl_module
+
+    trainer = run([Keep()])
+    assert trainer.global_step == 30
+    resumed = resumed_model_holder["model"]
+    for k, v in _weights(full).items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_first_run_with_ckpt_path_last_starts_from_scratch(tmp_path):
+    rc = ResumeCheckpoint(every_n_train_steps=5, every_n_seconds=None)
+    trainer = raylit.Trainer(max_epochs=1, limit_train_batches=3, callbacks=[rc], enable_checkpointing=False,
+                             default_root_dir=str(tmp_path), **QUIET)
+    with pytest.warns(UserWarning, match="no last checkpoint"):
+        trainer.fit(DropoutModel(), ckpt_path="last")
+    assert trainer.global_step == 3
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="every_n_train_steps=0"):
+        ResumeCheckpoint(every_n_train_steps=0)
+    with pytest.raises(ValueError, match="keep=0"):
+        ResumeCheckpoint(keep=0)
