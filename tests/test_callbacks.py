@@ -194,9 +194,7 @@ class FakeTrainer:
                 self.global_step += 1
                 self.is_last_batch = batch_idx == self.num_training_batches - 1
                 self.fit_loop.epoch_loop.batch_progress.is_last_batch = self.is_last_batch
-                callback.on_train_batch_end(
-                    self, SimpleNamespace(automatic_optimization=True), None, None, batch_idx
-                )
+                callback.on_train_batch_end(self, SimpleNamespace(automatic_optimization=True), None, None, batch_idx)
             if epoch < len(scores) and scores[epoch] is not None:
                 self.callback_metrics = {metric: torch.tensor(float(scores[epoch]))}
             if validate:
@@ -345,9 +343,7 @@ def test_save_on_train_epoch_end_rule():
     assert decide(SimpleNamespace(val_check_interval=0.5, check_val_every_n_epoch=1, num_val_batches=[0]))
     assert not decide(SimpleNamespace(val_check_interval=0.5, check_val_every_n_epoch=1, num_val_batches=[3]))
     assert not decide(SimpleNamespace(val_check_interval=1.0, check_val_every_n_epoch=2, num_val_batches=[3]))
-    assert not decide(
-        SimpleNamespace(val_check_interval="00:00:01:00", check_val_every_n_epoch=1, num_val_batches=[3])
-    )
+    assert not decide(SimpleNamespace(val_check_interval="00:00:01:00", check_val_every_n_epoch=1, num_val_batches=[3]))
     assert rcb.ModelCheckpoint(save_on_train_epoch_end=False)._should_save_on_train_epoch_end(None) is False
 
 
@@ -382,9 +378,7 @@ def test_dirpath_resolution(tmp_path):
     trainer = FakeTrainer(tmp_path)
     assert ckpt._resolve_dirpath(trainer) == str(tmp_path / "checkpoints")
     trainer.loggers = [SimpleNamespace(save_dir=str(tmp_path / "logs"), name="lightning_logs", version=3)]
-    assert ckpt._resolve_dirpath(trainer) == str(
-        tmp_path / "logs" / "lightning_logs" / "version_3" / "checkpoints"
-    )
+    assert ckpt._resolve_dirpath(trainer) == str(tmp_path / "logs" / "lightning_logs" / "version_3" / "checkpoints")
     trainer.loggers = [SimpleNamespace(save_dir=None, name="n", version="run-a")]
     assert ckpt._resolve_dirpath(trainer) == str(tmp_path / "n" / "run-a" / "checkpoints")
 
@@ -434,9 +428,7 @@ def test_early_stopping_decisions_match_lightning(case):
 
 def _es_trainer(**overrides):
     trainer = FakeTrainer(Path("."), **overrides)
-    trainer.strategy = SimpleNamespace(
-        reduce_boolean_decision=lambda decision, all=True: decision or all is False
-    )
+    trainer.strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision or all is False)
     return trainer
 
 
@@ -571,9 +563,7 @@ def test_lr_monitor_logs_by_interval():
 
 
 def test_timer():
-    assert (
-        rcb.Timer("01:02:03:04")._duration == timedelta(days=1, hours=2, minutes=3, seconds=4).total_seconds()
-    )
+    assert rcb.Timer("01:02:03:04")._duration == timedelta(days=1, hours=2, minutes=3, seconds=4).total_seconds()
     assert rcb.Timer({"minutes": 2})._duration == 120
     for bad in ({"duration": "1:2"}, {"interval": "batch"}):
         with pytest.raises(Exception) as theirs:
@@ -587,11 +577,7 @@ def test_timer():
     timer.on_train_start(trainer, None)
     timer.on_train_batch_end(trainer, None, None, None, 0)
     assert trainer.should_stop
-    assert (
-        timer.time_elapsed("train") >= 0
-        and timer.time_remaining() <= 0
-        and timer.start_time("validate") is None
-    )
+    assert timer.time_elapsed("train") >= 0 and timer.time_remaining() <= 0 and timer.start_time("validate") is None
     state = timer.state_dict()
     assert set(state["time_elapsed"]) == set(lcb.Timer().state_dict()["time_elapsed"])
     resumed = rcb.Timer(duration="00:00:00:10")
@@ -654,9 +640,7 @@ def _summary_model(pl):
         def __init__(self):
             super().__init__()
             self.layer = torch.nn.Linear(32, 2)
-            self.seq = torch.nn.Sequential(
-                torch.nn.Linear(32, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2)
-            )
+            self.seq = torch.nn.Sequential(torch.nn.Linear(32, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
             self.seq[1].eval()
             self.frozen = torch.nn.Linear(3, 3).requires_grad_(False)
 
@@ -689,10 +673,7 @@ def test_model_summary_callback_prints_on_rank_zero(caplog):
         rcb.ModelSummary(max_depth=0).on_fit_start(SimpleNamespace(is_global_zero=True), model)
         assert caplog.text == ""
         rcb.ModelSummary().on_fit_start(SimpleNamespace(is_global_zero=True), model)
-    assert (
-        "| Name   | Type       | Params | Mode  | FLOPs" in caplog.text
-        and "376       Total params" in caplog.text
-    )
+    assert "| Name   | Type       | Params | Mode  | FLOPs" in caplog.text and "376       Total params" in caplog.text
 
 
 def test_rich_model_summary_renders(capsys):
@@ -910,9 +891,7 @@ def _ckpt_summary(path) -> dict:
     for key, state in ckpt.get("callbacks", {}).items():
         callbacks[key] = {k: _plain(v) for k, v in state.items() if k not in ("dirpath", "best_k_models")}
         if "best_k_models" in state:
-            callbacks[key]["best_k_models"] = {
-                os.path.basename(k): float(v) for k, v in state["best_k_models"].items()
-            }
+            callbacks[key]["best_k_models"] = {os.path.basename(k): float(v) for k, v in state["best_k_models"].items()}
     return {"epoch": ckpt["epoch"], "global_step": ckpt["global_step"], "callbacks": callbacks}
 
 
@@ -988,9 +967,7 @@ def program_default_dirpath_with_logger(name: str, root: Path) -> dict:
 def program_step_checkpoints(name: str, root: Path) -> dict:
     """every_n_train_steps with a metric that only validation logs: saves wait for validation."""
     pl, cbs, _ = _framework(name)
-    mc = cbs.ModelCheckpoint(
-        dirpath=root, monitor="val_loss", every_n_train_steps=3, save_top_k=-1, save_last=True
-    )
+    mc = cbs.ModelCheckpoint(dirpath=root, monitor="val_loss", every_n_train_steps=3, save_top_k=-1, save_last=True)
     trainer = pl.Trainer(default_root_dir=root, max_epochs=3, callbacks=[mc], **QUIET)
     trainer.fit(_scripted_model(pl))
     return _checkpoint_view(mc, root)
@@ -1001,9 +978,7 @@ def program_validation_twice_per_epoch(name: str, root: Path) -> dict:
     pl, cbs, _ = _framework(name)
     mc = cbs.ModelCheckpoint(dirpath=root / "c", monitor="val_loss", save_top_k=1)
     es = cbs.EarlyStopping("val_loss", patience=3)
-    trainer = pl.Trainer(
-        default_root_dir=root, max_epochs=10, val_check_interval=0.5, callbacks=[mc, es], **QUIET
-    )
+    trainer = pl.Trainer(default_root_dir=root, max_epochs=10, val_check_interval=0.5, callbacks=[mc, es], **QUIET)
     trainer.fit(_scripted_model(pl))
     return {"mc": _checkpoint_view(mc, root / "c"), "es": _es_view(es), "step": trainer.global_step}
 
@@ -1065,9 +1040,7 @@ def program_schedulers_and_timer(name: str, root: Path) -> dict:
     )  # fmt: skip
     trainer.fit(_scripted_model(pl))
     timer = cbs.Timer(duration=timedelta(0))
-    stopped = pl.Trainer(
-        default_root_dir=root, max_epochs=3, enable_checkpointing=False, callbacks=[timer], **QUIET
-    )
+    stopped = pl.Trainer(default_root_dir=root, max_epochs=3, enable_checkpointing=False, callbacks=[timer], **QUIET)
     stopped.fit(_scripted_model(pl))
     return {
         "accumulated_steps": trainer.global_step,
@@ -1082,12 +1055,8 @@ def program_prediction_writer(name: str, root: Path) -> dict:
     seen = []
 
     class Writer(cbs.BasePredictionWriter):
-        def write_on_batch_end(
-            self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
-        ):
-            seen.append(
-                ("batch", batch_idx, dataloader_idx, tuple(prediction.shape), list(batch_indices or []))
-            )
+        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+            seen.append(("batch", batch_idx, dataloader_idx, tuple(prediction.shape), list(batch_indices or [])))
 
         def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
             seen.append(("epoch", [tuple(p.shape) for p in predictions], batch_indices))
@@ -1204,9 +1173,7 @@ def test_default_trainer_uses_rich_callbacks(tmp_path, capsys):
 
 def test_model_summary_logged_once_at_fit_start(tmp_path, caplog):
     pl, cbs, _ = _framework("raylit")
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path, max_epochs=1, callbacks=[cbs.ModelSummary(max_depth=-1)], **QUIET
-    )
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=1, callbacks=[cbs.ModelSummary(max_depth=-1)], **QUIET)
     with caplog.at_level(logging.INFO, logger="raylit"):
         trainer.fit(_scripted_model(pl))
     assert caplog.text.count("Total params") == 1 and "| layer | Linear | 5      | train" in caplog.text
@@ -1228,9 +1195,7 @@ def test_callbacks_pickle_after_a_run(tmp_path):
         cbs.OnExceptionCheckpoint(tmp_path),
     ]
     for bar in (callbacks[4], cbs.TQDMProgressBar()):
-        trainer = pl.Trainer(
-            default_root_dir=tmp_path, max_epochs=2, callbacks=[*callbacks[:4], bar, *callbacks[5:]]
-        )
+        trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=2, callbacks=[*callbacks[:4], bar, *callbacks[5:]])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer.fit(_scripted_model(pl))

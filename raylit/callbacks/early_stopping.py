@@ -95,9 +95,7 @@ class EarlyStopping(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self._check_on_train_epoch_end is None:
-            self._check_on_train_epoch_end = (
-                trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
-            )
+            self._check_on_train_epoch_end = trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._check_on_train_epoch_end and not self._should_skip_check(trainer):

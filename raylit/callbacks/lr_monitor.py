@@ -45,9 +45,7 @@ class LearningRateMonitor(Callback):
                 "Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger."
             )
         if self.log_momentum:
-            optimizers = [c.scheduler.optimizer for c in trainer.lr_scheduler_configs] or _unwrap(
-                trainer.optimizers
-            )
+            optimizers = [c.scheduler.optimizer for c in trainer.lr_scheduler_configs] or _unwrap(trainer.optimizers)
             if any("momentum" not in o.defaults and "betas" not in o.defaults for o in optimizers):
                 rank_zero_warn(
                     "You have set log_momentum=True, but some optimizers do not"
@@ -90,9 +88,7 @@ class LearningRateMonitor(Callback):
                     stats[f"{name}-momentum"] = self.last_momentum_values[f"{name}-momentum"] = momentum
                 if self.log_weight_decay:
                     decay = group["weight_decay"]
-                    stats[f"{name}-weight_decay"] = self.last_weight_decay_values[f"{name}-weight_decay"] = (
-                        decay
-                    )
+                    stats[f"{name}-weight_decay"] = self.last_weight_decay_values[f"{name}-weight_decay"] = decay
         device = trainer.lightning_module.device if trainer.lightning_module is not None else "cpu"
         trainer.callback_metrics.update({k: torch.tensor(v, device=device) for k, v in stats.items()})
         return stats

@@ -156,9 +156,7 @@ class ModelCheckpoint(Checkpoint):
                 f"Invalid value for every_n_train_steps={self._every_n_train_steps}. Must be >= 0"
             )
         if self._every_n_epochs < 0:
-            raise MisconfigurationException(
-                f"Invalid value for every_n_epochs={self._every_n_epochs}. Must be >= 0"
-            )
+            raise MisconfigurationException(f"Invalid value for every_n_epochs={self._every_n_epochs}. Must be >= 0")
         triggers = (self._every_n_train_steps >= 1) + (self._every_n_epochs >= 1)
         triggers += self._train_time_interval is not None
         if triggers > 1:
@@ -203,9 +201,7 @@ class ModelCheckpoint(Checkpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_time_checked = time.monotonic()
 
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         # Lightning raises for a missing monitor key only once validation has really run.
         if not trainer.sanity_checking:
             self._val_has_run = True
@@ -370,9 +366,7 @@ class ModelCheckpoint(Checkpoint):
             if p.endswith(self.FILE_EXTENSION) and pattern.match(Path(p).stem)
         }
 
-    def _free_filepath(
-        self, candidates: dict[str, Tensor], trainer, template: str | None, reusable: str | None
-    ):
+    def _free_filepath(self, candidates: dict[str, Tensor], trainer, template: str | None, reusable: str | None):
         """The formatted path, with a ``-vN`` suffix while it names an existing file other than ``reusable``."""
         filepath = self.format_checkpoint_name(candidates, template)
         version = self.STARTING_VERSION
@@ -420,9 +414,7 @@ class ModelCheckpoint(Checkpoint):
         candidates = deepcopy(trainer.callback_metrics)
         # `self.log("epoch", ...)` arrives as a float tensor; file names want ints.
         epoch, step = candidates.get("epoch"), candidates.get("step")
-        candidates["epoch"] = (
-            epoch.int() if isinstance(epoch, Tensor) else torch.tensor(trainer.current_epoch)
-        )
+        candidates["epoch"] = epoch.int() if isinstance(epoch, Tensor) else torch.tensor(trainer.current_epoch)
         candidates["step"] = step.int() if isinstance(step, Tensor) else torch.tensor(trainer.global_step)
         return candidates
 
@@ -498,9 +490,7 @@ class ModelCheckpoint(Checkpoint):
     def _save_last_checkpoint(self, trainer, candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
             return
-        filepath = self._free_filepath(
-            candidates, trainer, self.CHECKPOINT_NAME_LAST, reusable=self.last_model_path
-        )
+        filepath = self._free_filepath(candidates, trainer, self.CHECKPOINT_NAME_LAST, reusable=self.last_model_path)
         previous, self.last_model_path = self.last_model_path, filepath  # set first: it is part of the state
         if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
             self._link_checkpoint(trainer, self._last_checkpoint_saved, filepath)
@@ -536,11 +526,7 @@ class ModelCheckpoint(Checkpoint):
             return True
         previous_path = Path(previous).absolute()
         resumed_from = getattr(trainer, "ckpt_path", None)
-        if (
-            resumed_from is not None
-            and _is_local(resumed_from)
-            and previous_path == Path(resumed_from).absolute()
-        ):
+        if resumed_from is not None and _is_local(resumed_from) and previous_path == Path(resumed_from).absolute():
             return False
         return Path(self.dirpath).absolute() in previous_path.parents
 

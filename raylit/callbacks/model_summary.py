@@ -65,15 +65,11 @@ def summarize(module: nn.Module, max_depth: int = 1, precision: str = "32-true")
     ]
     if example is not None:
         columns += [("In sizes", in_sizes), ("Out sizes", out_sizes)]
-    leftover = (
-        total - sum(c for (n, _), c in zip(layers, counts) if "." not in n) if max_depth != 0 else total
-    )
+    leftover = total - sum(c for (n, _), c in zip(layers, counts) if "." not in n) if max_depth != 0 else total
     if leftover > 0:  # parameters owned directly by the root (or every parameter, with max_depth=0)
         for name, values in columns:
             values.append(
-                {" ": " ", "Name": "other params", "Params": get_human_readable_count(leftover)}.get(
-                    name, "n/a"
-                )
+                {" ": " ", "Name": "other params", "Params": get_human_readable_count(leftover)}.get(name, "n/a")
             )
     bits = 64 if precision.startswith("64") else 16 if precision in ("16-true", "bf16-true") else 32
     return Summary(
@@ -231,9 +227,7 @@ class RichModelSummary(ModelSummary):
         table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
         for header, _ in summary_data:
             right = header in ("Params", "FLOPs", "In sizes", "Out sizes")
-            table.add_column(
-                header, justify="right" if right else "left", style="dim" if header == " " else None
-            )
+            table.add_column(header, justify="right" if right else "left", style="dim" if header == " " else None)
         for row in zip(*(values for _, values in summary_data)):
             table.add_row(*row)
         summary = Summary(

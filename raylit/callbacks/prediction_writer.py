@@ -40,9 +40,7 @@ class BasePredictionWriter(Callback):
 
     def __init__(self, write_interval: Literal["batch", "epoch", "batch_and_epoch"] = "batch") -> None:
         if write_interval not in {i.value for i in WriteInterval}:
-            raise MisconfigurationException(
-                f"`write_interval` should be one of {[i.value for i in WriteInterval]}."
-            )
+            raise MisconfigurationException(f"`write_interval` should be one of {[i.value for i in WriteInterval]}.")
         self.interval = WriteInterval(write_interval)
         self._predictions: dict[int, list[Any]] = {}
         self._indices: list[list[list[int]]] = []
@@ -60,9 +58,7 @@ class BasePredictionWriter(Callback):
         """Override with the logic to write a single batch."""
         raise NotImplementedError()
 
-    def write_on_epoch_end(
-        self, trainer, pl_module, predictions: Sequence[Any], batch_indices: Sequence[Any]
-    ) -> None:
+    def write_on_epoch_end(self, trainer, pl_module, predictions: Sequence[Any], batch_indices: Sequence[Any]) -> None:
         """Override with the logic to write all batches."""
         raise NotImplementedError()
 

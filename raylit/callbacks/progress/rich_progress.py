@@ -60,9 +60,7 @@ class RichProgressBar(ProgressBar):
         console_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not _RICH_AVAILABLE:
-            raise ModuleNotFoundError(
-                "`RichProgressBar` requires `rich`. Install it by running `pip install -U rich`."
-            )
+            raise ModuleNotFoundError("`RichProgressBar` requires `rich`. Install it by running `pip install -U rich`.")
         super().__init__()
         self._refresh_rate = refresh_rate
         self._leave = leave
@@ -294,9 +292,7 @@ class RichProgressBar(ProgressBar):
             )
         self.refresh()
 
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         task_id = self.val_sanity_progress_bar_id if trainer.sanity_checking else self.val_progress_bar_id
         if self._advance(task_id, batch_idx + 1):
             self.refresh(hard=True)

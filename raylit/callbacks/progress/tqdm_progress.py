@@ -67,20 +67,14 @@ class TQDMProgressBar(ProgressBar):
     def _bar(self, name: str) -> _tqdm:
         bar = getattr(self, f"_{name}_progress_bar")
         if bar is None:
-            raise TypeError(
-                f"The `{self.__class__.__name__}._{name}_progress_bar` reference has not been set yet."
-            )
+            raise TypeError(f"The `{self.__class__.__name__}._{name}_progress_bar` reference has not been set yet.")
         return bar
 
     train_progress_bar = property(
         lambda self: self._bar("train"), lambda self, b: setattr(self, "_train_progress_bar", b)
     )
-    val_progress_bar = property(
-        lambda self: self._bar("val"), lambda self, b: setattr(self, "_val_progress_bar", b)
-    )
-    test_progress_bar = property(
-        lambda self: self._bar("test"), lambda self, b: setattr(self, "_test_progress_bar", b)
-    )
+    val_progress_bar = property(lambda self: self._bar("val"), lambda self, b: setattr(self, "_val_progress_bar", b))
+    test_progress_bar = property(lambda self: self._bar("test"), lambda self, b: setattr(self, "_test_progress_bar", b))
     predict_progress_bar = property(
         lambda self: self._bar("predict"), lambda self, b: setattr(self, "_predict_progress_bar", b)
     )
@@ -180,9 +174,7 @@ class TQDMProgressBar(ProgressBar):
             total = self.total_val_batches_current_dataloader
             self._reset(self.val_progress_bar, total, f"{desc} DataLoader {dataloader_idx}")
 
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self._val_progress_bar is not None and self._update_n(self._val_progress_bar, batch_idx + 1):
             self._val_progress_bar.refresh()
 
@@ -214,14 +206,10 @@ class TQDMProgressBar(ProgressBar):
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if self.has_dataloader_changed(dataloader_idx):
             total = self.total_predict_batches_current_dataloader
-            self._reset(
-                self.predict_progress_bar, total, f"{self.predict_description} DataLoader {dataloader_idx}"
-            )
+            self._reset(self.predict_progress_bar, total, f"{self.predict_description} DataLoader {dataloader_idx}")
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self._predict_progress_bar is not None and self._update_n(
-            self._predict_progress_bar, batch_idx + 1
-        ):
+        if self._predict_progress_bar is not None and self._update_n(self._predict_progress_bar, batch_idx + 1):
             self._predict_progress_bar.refresh()
 
     def on_predict_end(self, trainer, pl_module) -> None:
