@@ -1150,7 +1150,12 @@ class Trainer:
         states = results.get("callbacks", {})
         for cb in self.callbacks:
             if cb.state_key in states:
-                cb.load_state_dict(states[cb.state_key])
+                state = states[cb.state_key]
+                # directories are resolved in setup() on the worker; take them over before the state, so
+                # callbacks that compare them (ModelCheckpoint) restore everything
+                if getattr(cb, "dirpath", "") is None and state.get("dirpath") is not None:
+                    cb.dirpath = state["dirpath"]
+                cb.load_state_dict(state)
 
     # ------------------------------------------------------------------------------------------------------
     # misc
