@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from datetime import timedelta
@@ -1224,3 +1225,36 @@ def test_import_does_not_load_rich():
 
     code = "import raylit.callbacks, sys; assert 'rich' not in sys.modules, 'rich imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_ray_workers_keep_the_same_books(ray_cluster, tmp_path):
+    """Top-k + last + early stopping on two Ray workers (two nodes of the shared test cluster): the files on
+    disk, the top-k bookkeeping and the stop match one Lightning process, and the driver's callback objects
+    hold the workers' final state. Names avoid ``step``, which halves with two ranks."""
+    from ray import cloudpickle
+
+    def run(name: str, root: Path, **trainer_kwargs) -> dict:
+        pl, cbs, _ = _framework(name)
+        mc = cbs.ModelCheckpoint(
+            dirpath=root, monitor="val_loss", save_top_k=2, save_last=True, filename="{epoch}-{val_loss:.2f}"
+        )
+        es = cbs.EarlyStopping("val_loss", patience=2)
+        trainer = pl.Trainer(default_root_dir=root, max_epochs=10, callbacks=[mc, es], **QUIET, **trainer_kwargs)
+        trainer.fit(_scripted_model(pl))
+        view = _checkpoint_view(mc, root)
+        for summary in view["files"].values():
+            summary.pop("global_step")
+        return {"mc": view, "es": _es_view(es), "epoch": trainer.current_epoch}
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = run("pytorch_lightning", tmp_path / "lightning")
+            actual = run("raylit", tmp_path / "ray", accelerator="cpu", devices=1, num_nodes=2)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert actual == expected
+    assert actual["es"]["reason"] == "PATIENCE_EXHAUSTED" and len(actual["mc"]["files"]) == 3
