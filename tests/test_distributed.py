@@ -343,3 +343,105 @@ def test_import_raylit_distributed_does_not_import_ray() -> None:
 
     code = "import raylit, raylit.distributed, sys; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the Trainer on two processes (the launcher's worker body, without Ray) -------------------------------------
+class _Rows(Dataset):
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.x, self.y = torch.randn(n, 4, generator=g), torch.randn(n, 1, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i], i
+
+
+def _lightning_module():
+    from raylit import LightningModule
+
+    class TwoProcModule(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y, _ = batch
+            loss = nn.functional.mse_loss(self.net(x), y)
+            self.log("train_loss", loss, prog_bar=True, sync_dist=True)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            x, y, idx = batch
+            # prog_bar + sync_dist: rank 0's progress bar reads these after the sanity check, rank 1 does not
+            self.log("val_loss", nn.functional.mse_loss(self.net(x), y), prog_bar=True, sync_dist=True)
+            self.log("val_count", float(len(idx)), reduce_fx="sum", sync_dist=True)
+
+        test_step = validation_step
+
+        def predict_step(self, batch, batch_idx):
+            return batch[2]
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return DataLoader(_Rows(16), batch_size=4, shuffle=True)
+
+        def val_dataloader(self):
+            return DataLoader(_Rows(7), batch_size=4)
+
+        test_dataloader = val_dataloader
+
+        def predict_dataloader(self):
+            return DataLoader(_Rows(9), batch_size=2)
+
+    TwoProcModule.__module__ = __name__
+    return TwoProcModule()
+
+
+def _check_trainer(rt: DistributedRuntime, rank: int) -> None:
+    import io
+    import sys
+
+    from raylit import Trainer
+    from raylit.launch.ray import run_worker
+
+    out = sys.stdout = io.StringIO()  # keep the progress bar out of the test log
+    try:
+        model = _lightning_module()
+        trainer = Trainer(
+            accelerator="cpu",
+            devices=2,
+            max_epochs=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=True,
+            num_sanity_val_steps=2,
+        )
+        spec = {"trainer": trainer, "model": model, "fn": "fit", "kwargs": {}, "seed": "5", "cwd": None}
+        fit = run_worker(spec, "cpu", local_rank=rank)
+        assert (fit is None) == (rank == 1)
+        if rank == 0:
+            assert fit["results"]["state"]["global_step"] == 4  # 16 samples / 2 ranks / batch 4, 2 epochs
+            assert fit["results"]["callback_metrics"]["val_count"].item() == 7  # each val sample once
+        for fn, check in (
+            ("validate", lambda o: o[0]["val_count"] == 7),
+            ("test", lambda o: o[0]["val_count"] == 7),
+            ("predict", lambda o: torch.cat(o).tolist() == list(range(9))),  # dataset order, 5 + 4 samples
+        ):
+            got = run_worker({**spec, "fn": fn, "trainer": trainer, "model": model}, "cpu", local_rank=rank)
+            if rank == 0:
+                assert check(got["output"]), (fn, got["output"])
+    finally:
+        sys.stdout = sys.__stdout__
+    assert "val_loss" in out.getvalue() or rank == 1
+
+
+def test_trainer_on_two_processes(tmp_path) -> None:
+    """fit (with sanity check and a rank-0 progress bar over sync_dist metrics: the case that used to abort
+    with a collective mismatch), validate, test and predict through ``run_worker``."""
+    _spawn("_check_trainer", tmp_path)

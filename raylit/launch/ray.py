@@ -349,7 +349,7 @@ def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
 
     cpus_needed = p.num_workers if p.explicit_scaling is False else 0
     gpus_needed = p.num_workers if p.use_gpu else 0
-    private = connect(cpus_needed, gpus_needed)
+    connect(cpus_needed, gpus_needed)
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     scaling = scaling_config(trainer, p, cluster_gpus)
     check_resources(scaling, p)
@@ -360,8 +360,6 @@ def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
         "payload": payload_ref,
         "relay": relay.handle,
         "isatty": _isatty(sys.stdout),
-        "find_unused_parameters": p.find_unused_parameters,
-        "private": private,
         "columns": _terminal_columns(),
     }
     torch_trainer = TorchTrainer(
@@ -423,8 +421,17 @@ class _ConsoleRelay:
 
     @classmethod
     def start(cls, ray: Any) -> _ConsoleRelay:
-        actor_cls = ray.remote(num_cpus=0)(_RelayBuffer)
-        relay = cls(ray, actor_cls.remote())
+        # One buffer actor per driver and Ray session, reused by later calls (an actor start costs a process).
+        job = ray.get_runtime_context().get_job_id()
+        handle = _relay_actors.get(job)
+        if handle is not None:
+            try:
+                ray.get(handle.drain.remote(), timeout=10)  # alive; drop anything left from a previous run
+            except Exception:
+                handle = None
+        if handle is None:
+            handle = _relay_actors[job] = ray.remote(num_cpus=0)(_RelayBuffer).remote()
+        relay = cls(ray, handle)
         relay._thread.start()
         return relay
 
@@ -447,8 +454,9 @@ class _ConsoleRelay:
         self._thread.join(timeout=5)
         with contextlib.suppress(Exception):
             self._drain_once(timeout=10)
-        with contextlib.suppress(Exception):
-            self._ray.kill(self.handle)
+
+
+_relay_actors: dict[str, Any] = {}
 
 
 class _RelayBuffer:
@@ -546,61 +554,66 @@ def _terminal_columns() -> int | None:
 # worker side
 # --------------------------------------------------------------------------------------------------------------
 def _worker_main(config: dict) -> bytes | None:
-    """The Ray Train function: runs on every worker; returns the results on rank 0 (None elsewhere)."""
+    """The Ray Train function: runs on every worker; returns the pickled results on rank 0 (None elsewhere)."""
     import ray
     import ray.train
     import torch
     from ray import cloudpickle
 
+    ctx = ray.train.get_context()
+    spec = cloudpickle.loads(ray.get(config["payload"]))
+    if config.get("columns"):
+        os.environ.setdefault("COLUMNS", str(config["columns"]))  # progress bars size to the driver's terminal
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    relay = config.get("relay") if ctx.get_world_rank() == 0 else None
+    with _relay_console(relay, bool(config.get("isatty"))):
+        out = run_worker(spec, device, local_rank=ctx.get_local_rank(), node_rank=ctx.get_node_rank())
+    # Pickled here: Ray refuses return values that contain tensors (state_dict, metrics, predictions).
+    return cloudpickle.dumps(out) if out is not None else None
+
+
+def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0) -> dict | None:
+    """One worker's part of the run, without Ray: it needs an initialised torch.distributed group (Ray Train
+    makes it; tests make it by hand). ``spec`` is what ``pack`` pickled. Returns ``{"results", "output"}`` on
+    global rank 0, None elsewhere."""
+    import torch
+
     from raylit.distributed import DistributedRuntime
     from raylit.utilities.seed import seed_everything
 
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    spec = cloudpickle.loads(ray.get(config["payload"]))
     trainer, model, fn, kwargs = spec["trainer"], spec["model"], spec["fn"], spec["kwargs"]
-
-    if spec["seed"] is not None:
+    if spec.get("seed") is not None:
         # Lightning re-runs the user's script (and its seed_everything) on every rank; here the driver's seed
         # is re-applied instead, so every rank starts from the same RNG state, as it would under Lightning.
-        seed_everything(int(spec["seed"]), workers=spec["seed_workers"] == "1", verbose=False)
-    if os.path.isdir(spec["cwd"]):
+        seed_everything(int(spec["seed"]), workers=spec.get("seed_workers") == "1", verbose=False)
+    if spec.get("cwd") and os.path.isdir(spec["cwd"]):
         # Relative paths (lightning_logs/, checkpoints) then mean what they mean on the driver, as long as the
         # directory exists on this node (always on a local instance; on a cluster, with shared storage).
         os.chdir(spec["cwd"])
-    if config.get("columns"):
-        os.environ.setdefault("COLUMNS", str(config["columns"]))
-
-    if torch.cuda.is_available() and ray.train.torch.get_device().type == "cuda":
-        device = ray.train.torch.get_device()
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     runtime = DistributedRuntime(
         device,
-        local_rank=ctx.get_local_rank(),
-        node_rank=ctx.get_node_rank(),
+        local_rank=local_rank,
+        node_rank=node_rank,
         sync_batchnorm=bool(trainer.sync_batchnorm),
         use_distributed_sampler=bool(trainer.use_distributed_sampler),
-        find_unused_parameters=bool(config["find_unused_parameters"]),
+        find_unused_parameters=str(trainer._strategy_flag).endswith("_find_unused_parameters_true"),
     )
-    runtime.num_nodes = int(runtime.reduce(torch.tensor(ctx.get_node_rank()), "max").item()) + 1
-    # The runtime converts BatchNorm itself (on CPU too); keep the Trainer from converting a second time with
-    # torch's CUDA-only SyncBatchNorm.
+    runtime.num_nodes = int(runtime.reduce(torch.tensor(node_rank), "max").item()) + 1
+    # The runtime converts BatchNorm itself (on CPU too, and back at teardown); keep the Trainer from
+    # converting first with torch's CUDA-only SyncBatchNorm.
     trainer.sync_batchnorm = False
     trainer._runtime = runtime
     trainer._on_worker = True
     trainer.callbacks.insert(0, MetricsOnEveryRank())
 
-    relay = config.get("relay") if rank == 0 else None
-    with _relay_console(relay, bool(config.get("isatty"))):
-        output = trainer._run(fn, model, **kwargs)
-        if fn == "predict":
-            output = _gather_predictions(runtime, trainer, output)
-        results = trainer._export_results() if rank == 0 else None
+    output = trainer._run(fn, model, **kwargs)
+    if fn == "predict":
+        output = _gather_predictions(runtime, trainer, output)
+    results = trainer._export_results() if runtime.is_global_zero else None
     runtime.teardown()
-    # Pickled here: Ray refuses return values that contain tensors (state_dict, metrics, predictions).
-    return cloudpickle.dumps({"results": results, "output": output}) if rank == 0 else None
+    return {"results": results, "output": output} if runtime.is_global_zero else None
 
 
 class MetricsOnEveryRank(Callback):
