@@ -4,7 +4,7 @@ import math
 import os
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -13,13 +13,14 @@ from raylit.callbacks.base import Callback
 from raylit.callbacks.checkpoint import Checkpoint
 from raylit.data import as_eval_list, as_train_loader, limit_batches, without_shuffle
 from raylit.hooks import HookDispatcher, is_overridden
-from raylit.loggers.base import DummyLogger, Logger
+from raylit.loggers.base import Logger
 from raylit.loop import Loop
 from raylit.metrics import MetricsConnector, ResultStore
 from raylit.optim import LightningOptimizer, LRSchedulerConfig, normalize_configure_optimizers
 from raylit.precision import Precision, canonical_precision
 from raylit.runtime import Runtime
 from raylit.state import RunningStage, TrainerFn, TrainerState, TrainerStatus, TrainState
+from raylit.trainer_args import build_callbacks, build_loggers, check_limit, parse_devices, reorder_callbacks
 from raylit.utilities.exceptions import MisconfigurationException
 
 _STRATEGIES = {"auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "single_device", "fsdp",
@@ -27,19 +28,6 @@ _STRATEGIES = {"auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "single_d
                "ddp_spawn_find_unused_parameters_true", "ddp_spawn_find_unused_parameters_false"}
 _ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 
-
-def _check_limit(value: Any, name: str) -> int | float:
-    if value is None:
-        return 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MisconfigurationException(f"`{name}` must be a float in the range [0.0, 1.0] or an int, got {value!r}.")
-    if isinstance(value, float) and value > 1.0:
-        if value.is_integer():
-            return int(value)
-        raise MisconfigurationException(f"`{name}` must be a float in the range [0.0, 1.0] or an int, got {value}.")
-    if value < 0:
-        raise MisconfigurationException(f"`{name}` must be a float in the range [0.0, 1.0] or an int, got {value}.")
-    return value
 
 
 class _StrategyView:
@@ -143,7 +131,7 @@ class Trainer:
             raise MisconfigurationException(f"`Trainer(num_nodes={num_nodes!r})`: num_nodes must be an int >= 1")
         self._num_nodes = num_nodes
         self._devices_flag = devices
-        self._device_ids = self._parse_devices(devices, accelerator)
+        self._device_ids = parse_devices(devices, accelerator)
         self._strategy_flag = strategy
         if not isinstance(strategy, str) or strategy not in _STRATEGIES:
             raise ValueError(
@@ -206,11 +194,11 @@ class Trainer:
             max_epochs = 1000 if max_steps == -1 and max_time is None else -1
         self.max_epochs, self.min_epochs = max_epochs, (0 if min_epochs is None else min_epochs)
         self.max_steps, self.min_steps = max_steps, min_steps
-        self.limit_train_batches = _check_limit(limit_train_batches, "limit_train_batches")
-        self.limit_val_batches = _check_limit(limit_val_batches, "limit_val_batches")
-        self.limit_test_batches = _check_limit(limit_test_batches, "limit_test_batches")
-        self.limit_predict_batches = _check_limit(limit_predict_batches, "limit_predict_batches")
-        self.overfit_batches = _check_limit(overfit_batches, "overfit_batches")
+        self.limit_train_batches = check_limit(limit_train_batches, "limit_train_batches")
+        self.limit_val_batches = check_limit(limit_val_batches, "limit_val_batches")
+        self.limit_test_batches = check_limit(limit_test_batches, "limit_test_batches")
+        self.limit_predict_batches = check_limit(limit_predict_batches, "limit_predict_batches")
+        self.overfit_batches = check_limit(overfit_batches, "overfit_batches")
         if self.overfit_batches > 0:
             self.limit_train_batches = self.limit_val_batches = self.overfit_batches
         if val_check_interval is None:
@@ -280,8 +268,8 @@ class Trainer:
 
         # --- where things go ----------------------------------------------------------------------------
         self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else None
-        self.loggers = self._build_loggers(logger)
-        self.callbacks = self._build_callbacks(callbacks, enable_checkpointing, enable_progress_bar,
+        self.loggers = build_loggers(logger, self.default_root_dir, self.fast_dev_run)
+        self.callbacks = build_callbacks(callbacks, enable_checkpointing, enable_progress_bar,
                                                enable_model_summary, max_time)
 
         # --- run state ------------------------------------------------------------------------------------
@@ -301,143 +289,6 @@ class Trainer:
         self.sanity_checking = False
         self.ckpt_path: str | None = None
         self._reset_data()
-
-    # ------------------------------------------------------------------------------------------------------
-    # construction helpers
-    # ------------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _parse_devices(devices: Any, accelerator: str) -> list[int]:
-        def bad() -> MisconfigurationException:
-            accepted = ("an int > 0 (number of processes)" if accelerator == "cpu" else
-                        "an int > 0, -1 (all GPUs), a list of GPU ids, or a string such as '0,1'")
-            return MisconfigurationException(
-                f"`Trainer(devices={devices!r})` is not valid with accelerator={accelerator!r}: expected {accepted} "
-                "or 'auto'.")
-
-        if devices == "auto" or devices is None:
-            if accelerator == "cuda":
-                return list(range(max(torch.cuda.device_count(), 1)))
-            return [0]
-        if isinstance(devices, bool):
-            raise bad()
-        if isinstance(devices, str):
-            s = devices.strip()
-            if s in ("-1",) and accelerator == "cuda":
-                return list(range(max(torch.cuda.device_count(), 1)))
-            if "," in s and accelerator == "cuda":
-                return [int(x) for x in s.split(",") if x.strip()]
-            try:
-                devices = int(s)
-            except ValueError:
-                raise bad() from None
-        if isinstance(devices, int):
-            if devices == -1 and accelerator == "cuda":
-                return list(range(max(torch.cuda.device_count(), 1)))
-            if devices <= 0:
-                raise bad()
-            return list(range(devices))
-        if isinstance(devices, (list, tuple)) and accelerator == "cuda" and devices and \
-                all(isinstance(d, int) and d >= 0 for d in devices):
-            return list(devices)
-        raise bad()
-
-    def _build_loggers(self, logger: Any) -> list[Logger]:
-        if logger is None or logger is True:
-            from raylit import loggers as lg
-
-            tb = getattr(lg, "TensorBoardLogger", None)
-            csv = getattr(lg, "CSVLogger", None)
-            cls = tb or csv
-            loggers = [cls(save_dir=self.default_root_dir)] if cls is not None else []
-        elif logger is False:
-            loggers = []
-        elif isinstance(logger, Iterable) and not isinstance(logger, (str, Logger)):
-            loggers = list(logger)
-        else:
-            loggers = [logger]
-        for lg_ in loggers:
-            if not isinstance(lg_, Logger) and not hasattr(lg_, "log_metrics"):
-                raise MisconfigurationException(
-                    f"`Trainer(logger=...)` got {lg_!r}: expected True/False, a raylit Logger or a list of them")
-        if self.fast_dev_run and loggers:
-            loggers = [DummyLogger()]
-        return loggers
-
-    def _build_callbacks(self, callbacks: Any, enable_checkpointing: bool | None, enable_progress_bar: bool | None,
-                         enable_model_summary: bool | None, max_time: Any) -> list[Callback]:
-        from raylit import callbacks as cbs
-
-        if callbacks is None:
-            user: list[Callback] = []
-        elif isinstance(callbacks, Callback):
-            user = [callbacks]
-        else:
-            user = list(callbacks)
-        for cb in user:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"`Trainer(callbacks=...)` got {cb!r}: every callback must subclass "
-                                "raylit.Callback (from raylit.callbacks import Callback)")
-        out = list(user)
-        progress_cls = getattr(cbs, "ProgressBar", None)
-        bars = [cb for cb in out if progress_cls is not None and isinstance(cb, progress_cls)]
-        if len(bars) > 1:
-            raise MisconfigurationException("You added multiple progress bar callbacks to the Trainer, but currently "
-                                            "only one progress bar is supported.")
-        if bars and enable_progress_bar is False:
-            raise MisconfigurationException("Trainer was configured with `enable_progress_bar=False` but found "
-                                            f"`{type(bars[0]).__name__}` in callbacks list.")
-        if enable_progress_bar is not False and not bars and progress_cls is not None:
-            try:
-                import rich  # noqa: F401
-
-                bar_cls = getattr(cbs, "RichProgressBar", None)
-            except ImportError:
-                bar_cls = None
-            bar_cls = bar_cls or getattr(cbs, "TQDMProgressBar", None)
-            if bar_cls is not None:
-                out.append(bar_cls())
-        summary_cls = getattr(cbs, "ModelSummary", None)
-        if enable_model_summary is not False and summary_cls is not None and \
-                not any(isinstance(cb, summary_cls) for cb in out):
-            rich_summary = getattr(cbs, "RichModelSummary", None)
-            try:
-                import rich  # noqa: F401
-            except ImportError:
-                rich_summary = None
-            out.append((rich_summary or summary_cls)())
-        if max_time is not None:
-            timer = getattr(cbs, "Timer", None)
-            if timer is None:
-                raise MisconfigurationException("`Trainer(max_time=...)` needs raylit.callbacks.Timer")
-            out.append(timer(duration=max_time, interval="step"))
-        has_ckpt = any(isinstance(cb, Checkpoint) for cb in out)
-        if enable_checkpointing is False and has_ckpt:
-            raise MisconfigurationException("Trainer was configured with `enable_checkpointing=False` but found "
-                                            "`ModelCheckpoint` in callbacks list.")
-        mc = getattr(cbs, "ModelCheckpoint", None)
-        if enable_checkpointing is not False and not has_ckpt and mc is not None:
-            out.append(mc())
-        out = self._reorder(out)
-        self._check_state_keys(out)
-        return out
-
-    @staticmethod
-    def _reorder(callbacks: list[Callback]) -> list[Callback]:
-        # checkpoint callbacks go last so they see the state every other callback produced
-        return [cb for cb in callbacks if not isinstance(cb, Checkpoint)] + \
-            [cb for cb in callbacks if isinstance(cb, Checkpoint)]
-
-    @staticmethod
-    def _check_state_keys(callbacks: list[Callback]) -> None:
-        seen: set[str] = set()
-        for cb in callbacks:
-            if type(cb).state_dict is Callback.state_dict:
-                continue
-            key = cb.state_key
-            if key in seen:
-                raise RuntimeError(f"Found more than one stateful callback of type `{type(cb).__name__}` with the "
-                                   f"same state key {key!r}. Give each its own `state_key`.")
-            seen.add(key)
 
     # ------------------------------------------------------------------------------------------------------
     # properties users read
@@ -883,7 +734,7 @@ class Trainer:
         extra = [extra] if isinstance(extra, Callback) else list(extra)
         types = {type(cb) for cb in extra}
         kept = [cb for cb in self.callbacks if not any(isinstance(cb, t) for t in types)]
-        self.callbacks = self._reorder(kept + extra)
+        self.callbacks = reorder_callbacks(kept + extra)
         self._hooks = HookDispatcher(self._lightning_module, self.datamodule, self.callbacks, self)
 
     def _configure_optimizers(self) -> None:
