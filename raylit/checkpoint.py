@@ -291,6 +291,11 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: Any, fn: str, model_given: bool) 
                                if f.startswith("last") and f.endswith(".ckpt")]
         from raylit.resume import ResumeCheckpoint, latest_resume_checkpoint
 
+        for cb in trainer.callbacks:  # Lightning counts the file OnExceptionCheckpoint writes as a "last" one
+            on_exception = getattr(cb, "ckpt_path", None) if type(cb).__name__ == "OnExceptionCheckpoint" else None
+            if on_exception and fs.exists(on_exception):
+                candidates.append(on_exception)
+
         for cb in trainer.callbacks:
             if isinstance(cb, ResumeCheckpoint):
                 resume_dir = cb.dirpath or fs.join(trainer.default_root_dir, "resume")

@@ -58,7 +58,7 @@ class MetricsColumn(ProgressColumn):
             return Text()
         parts = []
         for name, value in self.metrics.items():
-            if not isinstance(value, str):
+            if isinstance(value, float):  # ints (v_num, counters) print as they are, as in Lightning
                 try:
                     value = f"{value:{self._theme.metrics_format}}"
                 except (TypeError, ValueError):
