@@ -291,10 +291,11 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: Any, fn: str, model_given: bool) 
                                if f.startswith("last") and f.endswith(".ckpt")]
         from raylit.resume import ResumeCheckpoint, latest_resume_checkpoint
 
+        from raylit.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
+
         for cb in trainer.callbacks:  # Lightning counts the file OnExceptionCheckpoint writes as a "last" one
-            on_exception = getattr(cb, "ckpt_path", None) if type(cb).__name__ == "OnExceptionCheckpoint" else None
-            if on_exception and fs.exists(on_exception):
-                candidates.append(on_exception)
+            if isinstance(cb, OnExceptionCheckpoint) and fs.exists(cb.ckpt_path):
+                candidates.append(cb.ckpt_path)
 
         for cb in trainer.callbacks:
             if isinstance(cb, ResumeCheckpoint):
