@@ -345,6 +345,8 @@ def test_fit_two_nodes_ddp_parity(ray_cluster, tmp_path, monkeypatch, capsys) ->
     saved = torch.load(trainer.checkpoint_callback.last_model_path, weights_only=False)["state_dict"]
     assert all(torch.allclose(saved[k], v) for k, v in model.state_dict().items())
     assert [p.name for p in (tmp_path / "logs" / "lightning_logs").iterdir()] == ["version_0"]
+    assert trainer.logger.log_dir == str(tmp_path / "logs" / "lightning_logs" / "version_0")  # rank 0's choice
+    (tmp_path / "logs" / "lightning_logs" / "version_0" / "metrics.csv").read_text().index("train_loss")
 
     first_step = recorder.step_times[0] - start
     step_time = (recorder.step_times[-1] - recorder.step_times[0]) / (len(recorder.step_times) - 1)

@@ -64,6 +64,9 @@ def quiet_ray_workers() -> None:
     ``runtime_env={"worker_process_setup_hook": "raylit.launch.ray.quiet_ray_workers"}`` to get the same."""
     for name in _NOISY_RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # On a loaded machine the controller's shutdown logs a full traceback when the cleaner actor does not stop
+    # within its timeout ("Failed to stop PlacementGroupCleaner gracefully"); the run itself is unaffected.
+    logging.getLogger("ray.train.v2._internal.callbacks.placement_group_callback").setLevel(logging.CRITICAL)
     # Ray's State API finds "the" cluster by scanning the host; with several Ray instances on one machine it
     # raises "Found multiple active Ray instances" (the placement-group cleaner's thread dies printing a
     # traceback). Pointing it at the instance this worker belongs to avoids the scan.
@@ -366,7 +369,12 @@ def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
         _worker_main, train_loop_config=config, scaling_config=scaling, run_config=run_config(trainer, fn)
     )
     try:
-        with _env_defaults(_TRAIN_ENV_DEFAULTS):
+        env = dict(_TRAIN_ENV_DEFAULTS)
+        if _started_here:
+            # The controller notices that the workers finished at its next poll (every 2 s by default). Polling
+            # a handful of local workers more often is cheap; on a shared cluster Ray's default stays.
+            env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
+        with _env_defaults(env):
             result = torch_trainer.fit()
     except Exception as err:
         raise _user_error(err) from err
@@ -376,6 +384,9 @@ def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
 
     out = cloudpickle.loads(result.return_value)
     trainer._import_results(out["results"], model)
+    for lg, version in zip(trainer.loggers, out.get("logger_versions", [])):
+        if version is not None and getattr(lg, "_version", 0) is None:
+            lg._version = version
     return out["output"]
 
 
@@ -606,6 +617,12 @@ def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0)
     trainer.sync_batchnorm = False
     trainer._runtime = runtime
     trainer._on_worker = True
+    if trainer._precision.device != runtime.device:
+        # The driver built it for its own device (often a CPU-only head node); autocast and the grad scaler
+        # must target the worker's device.
+        from raylit.precision import Precision
+
+        trainer._precision = Precision(trainer._precision_name, runtime.device)
     trainer.callbacks.insert(0, MetricsOnEveryRank())
 
     output = trainer._run(fn, model, **kwargs)
@@ -613,7 +630,12 @@ def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0)
         output = _gather_predictions(runtime, trainer, output)
     results = trainer._export_results() if runtime.is_global_zero else None
     runtime.teardown()
-    return {"results": results, "output": output} if runtime.is_global_zero else None
+    if not runtime.is_global_zero:
+        return None
+    # The version each logger picked (version_N) is decided on rank 0; without it the driver's logger objects
+    # would pick the *next* free version when asked for log_dir.
+    versions = [getattr(lg, "_version", None) for lg in trainer.loggers]
+    return {"results": results, "output": output, "logger_versions": versions}
 
 
 class MetricsOnEveryRank(Callback):
