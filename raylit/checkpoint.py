@@ -187,7 +187,7 @@ def restore_training_state(trainer: Any, ckpt: dict[str, Any]) -> None:
     scaler_state = ckpt.get("MixedPrecision", ckpt.get("native_amp_scaling_state"))
     if scaler_state:
         trainer._precision.load_state_dict(scaler_state)
-    trainer._state.restore(ckpt)
+    trainer._state.restore(ckpt, trainer.global_rank, trainer.world_size)
 
 
 # --- building modules from checkpoints ---------------------------------------------------------------

@@ -42,6 +42,10 @@ class Runtime:
         """Stack ``tensor`` from every rank along a new leading dim (no new dim when not distributed)."""
         return tensor
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order (a collective: all ranks must call it)."""
+        return [obj]
+
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         return obj
 

@@ -79,10 +79,14 @@ class TrainState:
         out["batch_pending"] = self.batch_pending
         return out
 
-    def restore(self, ckpt: dict[str, Any]) -> None:
+    def restore(self, ckpt: dict[str, Any], rank: int = 0, world_size: int = 1) -> None:
         saved = ckpt.get("raylit")
         if saved is None:
             saved = _from_lightning_loops(ckpt)
+        elif len(saved.get("rng_per_rank") or []) == world_size:
+            # each rank continues its own RNG streams (with another world size, rank 0's are used)
+            saved = {**saved, "rng": saved["rng_per_rank"][rank],
+                     "epoch_start_rng": saved["epoch_start_rng_per_rank"][rank]}
         for k in _CHECKPOINTED:
             if k in saved:
                 setattr(self, k, saved[k])

@@ -971,7 +971,13 @@ class Trainer:
         self._runtime.barrier("save_checkpoint")
 
     def _resume_state(self) -> dict[str, Any]:
-        return self._state.resume_state()
+        """raylit's checkpoint entry. Every rank's RNG streams are gathered (a collective, like the save
+        itself), so each rank continues its own streams after a restore."""
+        state = self._state.resume_state()
+        per_rank = self._runtime.all_gather_object((state["rng"], state["epoch_start_rng"]))
+        state["rng_per_rank"] = [r for r, _ in per_rank]
+        state["epoch_start_rng_per_rank"] = [e for _, e in per_rank]
+        return state
 
     def _export_results(self) -> dict[str, Any]:
         """What a worker sends back to the driver when a run ends (picklable, tensors on CPU)."""
