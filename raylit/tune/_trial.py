@@ -1,0 +1,561 @@
+"""One Tune trial: build the module from the trial's config, run ``Trainer.fit``, report to Tune.
+
+Runs inside the Tune trial actor (the thread Tune gives a function trainable)::
+
+    split config -> trainer overrides ("trainer.<arg>") + the build function's config
+    -> build(config) -> module (+ datamodule / loaders)
+    -> trainer = the sweep's Trainer, cloned with the overrides, default_root_dir = the trial dir,
+       plus a TuneReportCallback
+    -> fit(ckpt_path = the Tune checkpoint to restore, if any: a PBT donor's, or this trial's own after a
+       failure or Tuner.restore)
+    -> after a scheduler's stop: the run has already ended normally (teardown ran); leave with SystemExit(0)
+
+Single-worker Trainers train right here, in the trial actor (no Ray Train worker group: its start-up costs
+~20 s per trial). Multi-worker Trainers go through raylit's Ray launcher from here; rank 0 forwards each report
+to this process through a small bridge actor, and a pump thread hands it to Tune.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from raylit.tune._report import CHECKPOINT_NAME, TuneReportCallback, local_checkpoint_copy
+from raylit.utilities.exceptions import MisconfigurationException
+
+TRAINER_PREFIX = "trainer."
+TRIAL_META = "raylit_trial.json"  # written next to checkpoint.ckpt: the config (and trial) that produced it
+RESTORE_LOG = "raylit_restores.jsonl"  # in the trial dir: one line per restore from a Tune checkpoint
+# Trainer arguments a trial cannot change: they decide resources, where files go, or hold live objects
+NOT_SEARCHABLE = (
+    "accelerator",
+    "strategy",
+    "devices",
+    "num_nodes",
+    "scaling_config",
+    "run_config",
+    "callbacks",
+    "logger",
+    "default_root_dir",
+    "plugins",
+    "profiler",
+)
+# filled in by Tune itself; never "missing" from what the module logs
+TUNE_AUTOFILLED = ("training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "epoch", "step")
+
+
+class TuneConfigError(MisconfigurationException):
+    """The sweep is set up wrong (a metric the module never logs, a config key nothing reads, ...)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------------------------
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(build config, Trainer overrides)``: keys ``"trainer.<arg>"`` (or a ``"trainer"`` sub-dict) are
+    Trainer arguments; everything else goes to the build function."""
+    user, overrides = {}, {}
+    for k, v in config.items():
+        if k.startswith(TRAINER_PREFIX):
+            overrides[k[len(TRAINER_PREFIX) :]] = v
+        elif k == "trainer" and isinstance(v, dict):
+            overrides.update(v)
+        else:
+            user[k] = v
+    return user, overrides
+
+
+class TrackedConfig(dict):
+    """The config handed to the build function; remembers which keys were read.
+
+    Iterating (``**config``, ``.items()``, ``dict(config)``, ``save_hyperparameters(config)``) counts as reading
+    every key. Pickles and deep-copies as a plain ``dict``, so checkpoints and hparams never contain this
+    class."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__(data)
+        self.read: set[Any] = set()
+
+    def _all(self) -> None:
+        self.read.update(dict.keys(self))
+
+    def __getitem__(self, key: Any) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: Any) -> bool:
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self.read.add(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().setdefault(key, default)
+
+    def __iter__(self):
+        self._all()
+        return super().__iter__()
+
+    def keys(self):
+        self._all()
+        return super().keys()
+
+    def items(self):
+        self._all()
+        return super().items()
+
+    def values(self):
+        self._all()
+        return super().values()
+
+    def copy(self) -> dict[str, Any]:
+        self._all()
+        return dict(super().items())
+
+    def __reduce__(self) -> Any:
+        self._all()
+        return dict, (dict(super().items()),)
+
+    def __deepcopy__(self, memo: dict) -> dict[str, Any]:
+        self._all()
+        return copy.deepcopy(dict(super().items()), memo)
+
+    def unused(self) -> list[str]:
+        return sorted(str(k) for k in dict.keys(self) if k not in self.read)
+
+
+def fit_arguments(built: Any) -> tuple[Any, dict[str, Any]]:
+    """What ``build(config)`` returned -> ``(model, fit kwargs)``.
+
+    Accepted: a module; ``(module, datamodule)``; ``(module, train_dataloaders)``;
+    ``(module, train_dataloaders, val_dataloaders)``; or a dict with ``model`` and any of ``datamodule``,
+    ``train_dataloaders``, ``val_dataloaders``."""
+    from raylit.datamodule import LightningDataModule
+    from raylit.module import LightningModule
+
+    if isinstance(built, dict):
+        extra = set(built) - {"model", "datamodule", "train_dataloaders", "val_dataloaders"}
+        if "model" not in built or extra:
+            raise TypeError(
+                f"build(config) returned a dict with keys {sorted(built)}: expected 'model' plus any of "
+                "'datamodule', 'train_dataloaders', 'val_dataloaders'"
+            )
+        kwargs = dict(built)
+        model = kwargs.pop("model")
+    elif isinstance(built, (tuple, list)) and 1 <= len(built) <= 3:
+        model, rest = built[0], list(built[1:])
+        if len(rest) == 1 and isinstance(rest[0], LightningDataModule):
+            kwargs = {"datamodule": rest[0]}
+        else:
+            kwargs = dict(zip(("train_dataloaders", "val_dataloaders"), rest))
+    else:
+        model, kwargs = built, {}
+    if not isinstance(model, LightningModule):
+        raise TypeError(
+            f"build(config) must return a raylit.LightningModule (optionally with a datamodule or "
+            f"dataloaders), got {type(model).__qualname__}"
+        )
+    return model, kwargs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the trial
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class TrialSpec:
+    """Everything a trial needs; pickled once with the trainable (and saved next to the experiment so that
+    ``Tuner.restore(path)`` can rebuild the trainable)."""
+
+    build: Callable[[dict[str, Any]], Any]
+    trainer: Any  # the sweep's raylit.Trainer; every trial clones it
+    checkpoint_frequency: int = 1
+    metrics: tuple[str, ...] = ()  # what the schedulers / search algorithm read
+    check_unused_keys: bool = True
+    seed: str | None = None
+    seed_workers: str | None = None
+    teardown_timeout_s: float = 120.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# Trials whose thread is still running in this process; the trainable's cleanup waits for them so that a
+# stopped trial's teardown (loggers, teardown hooks) finishes before Tune ends the actor.
+_RUNNING: list[threading.Event] = []
+
+
+def wait_for_running_trials(timeout_s: float) -> None:
+    for done in list(_RUNNING):
+        done.wait(timeout_s)
+        if done in _RUNNING and done.is_set():
+            _RUNNING.remove(done)
+
+
+def run_trial(spec: TrialSpec, config: dict[str, Any]) -> None:
+    """The Tune function trainable."""
+    done = threading.Event()
+    _RUNNING.append(done)
+    try:
+        _run(spec, config)
+    finally:
+        done.set()
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _run(spec: TrialSpec, config: dict[str, Any]) -> None:
+    from ray import tune
+
+    # Tune's storage layer logs one INFO line per checkpoint ("Checkpoint successfully created at ...")
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    if spec.seed is not None:
+        from raylit.utilities.seed import seed_everything
+
+        seed_everything(int(spec.seed), workers=spec.seed_workers == "1", verbose=False)
+    user_config, overrides = split_config(config)
+    tracked = TrackedConfig(user_config)
+    model, fit_kwargs = fit_arguments(spec.build(tracked))
+    # nobody kept the config: whatever was not read during build is never read
+    escaped = sys.getrefcount(tracked) > 2
+    check = FirstReportCheck(spec.metrics, tracked if spec.check_unused_keys else None)
+    if not escaped:
+        check.check_unused()
+    multi_worker = _is_multi_worker(spec.trainer, overrides)
+    if multi_worker and escaped:
+        check.tracked = None  # reads happen on the workers' copies; we cannot see them
+
+    restore_dir = ckpt_file = None
+    refresh = False
+    tune_ckpt = tune.get_checkpoint()
+    trial_dir = trial_directory()
+    if tune_ckpt is not None:
+        restore_dir, ckpt_file, refresh = _fetch_checkpoint(tune_ckpt, config, trial_dir)
+    try:
+        if multi_worker:
+            stopped = _fit_multi_worker(
+                spec, overrides, model, fit_kwargs, ckpt_file, refresh, check, config, trial_dir
+            )
+        else:
+            sink = InProcessSink(check, config)
+            callback = TuneReportCallback(sink, spec.checkpoint_frequency, refresh_hparams=refresh)
+            trainer = trial_trainer(spec.trainer, overrides, trial_dir, callback)
+            trainer.fit(model, ckpt_path=ckpt_file, **fit_kwargs)
+            stopped = callback.stopped
+    finally:
+        if restore_dir is not None:
+            shutil.rmtree(restore_dir, ignore_errors=True)
+    if stopped:
+        # Tune is waiting for this thread to end (the trial was stopped or paused); returning normally would
+        # make Tune's wrapper report once more and block forever.
+        raise SystemExit(0)
+
+
+def _fetch_checkpoint(tune_ckpt: Any, config: dict[str, Any], trial_dir: str) -> tuple[str, str, bool]:
+    """Copy the checkpoint to restore into a local temp dir; also say whether it was written under another
+    config (a PBT exploit), in which case the new hyperparameters must replace the restored ones. Each restore
+    is recorded in the trial dir (``raylit_restores.jsonl``: which checkpoint, from which trial, which config)."""
+    with tune_ckpt.as_directory() as d:
+        tmp, dst = local_checkpoint_copy(os.path.join(d, CHECKPOINT_NAME))
+        meta_file = os.path.join(d, TRIAL_META)
+        meta: dict[str, Any] = {}
+        if os.path.exists(meta_file):
+            with open(meta_file) as f:
+                meta = json.load(f)
+    saved = meta.get("config")
+    changed = saved is not None and saved != _jsonable(config)
+    record = {
+        "checkpoint": tune_ckpt.path,
+        "from_trial": meta.get("trial_id"),
+        "from_config": saved,
+        "config": _jsonable(config),
+        "hyperparameters_changed": changed,
+    }
+    try:
+        with open(os.path.join(trial_dir, RESTORE_LOG), "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError:
+        pass
+    return tmp, dst, changed
+
+
+def _jsonable(config: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(config, sort_keys=True, default=repr))
+
+
+def trial_directory() -> str:
+    """Where the trial's logs go: the trial's directory in the sweep's storage when that is a local path
+    (files land there directly), else the trial's working directory (synced with ``SyncConfig``)."""
+    from ray import tune
+
+    try:
+        from pyarrow.fs import LocalFileSystem
+
+        storage = tune.get_context().get_storage()
+        if isinstance(storage.storage_filesystem, LocalFileSystem):
+            os.makedirs(storage.trial_fs_path, exist_ok=True)
+            return storage.trial_fs_path
+    except Exception:  # noqa: BLE001 - a DeveloperAPI; fall back to the working dir Tune chdir'd us into
+        pass
+    return os.getcwd()
+
+
+def trial_trainer(trainer: Any, overrides: dict[str, Any], trial_dir: str, callback: Any, **more: Any) -> Any:
+    """The sweep's Trainer for one trial: its constructor arguments, the trial's overrides, the trial dir, and
+    the report callback. Console output that would interleave across trials is off unless asked for; the
+    default ModelCheckpoint gives way to Tune's checkpoints unless the user configured checkpointing."""
+    from raylit.callbacks.checkpoint import Checkpoint
+
+    init = trainer._init_kwargs
+    user_callbacks = init.get("callbacks")
+    if user_callbacks is None:
+        user_callbacks = []
+    elif not isinstance(user_callbacks, (list, tuple)):
+        user_callbacks = [user_callbacks]
+    user_callbacks = copy.deepcopy(list(user_callbacks))  # trials sharing an actor must not share state
+    kw: dict[str, Any] = {"callbacks": [*user_callbacks, callback], "default_root_dir": trial_dir}
+    if init.get("logger") not in (None, True, False):
+        kw["logger"] = copy.deepcopy(init["logger"])
+    for flag in ("enable_progress_bar", "enable_model_summary"):
+        if init.get(flag) is None:
+            kw[flag] = False
+    if init.get("enable_checkpointing") is None and not any(isinstance(cb, Checkpoint) for cb in user_callbacks):
+        kw["enable_checkpointing"] = False
+    return trainer._clone(**{**kw, **overrides, **more})
+
+
+def _is_multi_worker(trainer: Any, overrides: dict[str, Any]) -> bool:
+    return trainer._num_workers > 1 or trainer._scaling_config is not None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# checks at the first report
+# --------------------------------------------------------------------------------------------------------------
+class FirstReportCheck:
+    def __init__(self, metrics: tuple[str, ...], tracked: TrackedConfig | None) -> None:
+        self.metrics, self.tracked = metrics, tracked
+        self.done = False
+
+    def check_unused(self) -> None:
+        if self.tracked is None:
+            return
+        tracked, self.tracked = self.tracked, None
+        unused = tracked.unused()
+        if unused:
+            read = sorted(str(k) for k in dict.keys(tracked) if k in tracked.read)
+            raise TuneConfigError(
+                f"param_space key(s) {unused} are never read by the build function or the module, so searching "
+                f"them changes nothing (keys read: {read}). Use them in build(config), remove them from "
+                f"param_space, or, for Trainer arguments, prefix them with {TRAINER_PREFIX!r} "
+                "(e.g. 'trainer.precision')."
+            )
+
+    def __call__(self, metrics: dict[str, float]) -> None:
+        if self.done:
+            return
+        self.done = True
+        missing = [m for m in self.metrics if m not in metrics and m not in TUNE_AUTOFILLED]
+        if missing:
+            logged = sorted(k for k in metrics if k not in ("epoch", "step"))
+            raise TuneConfigError(
+                f"Tune is set to act on the metric {missing[0]!r}, but the module never logged it (checked at the "
+                f"first report, after the first validation). Logged metrics: {logged}. Log it with "
+                f"`self.log({missing[0]!r}, value)` (e.g. in validation_step), or set TuneConfig(metric=...) to one "
+                "of the logged names."
+            )
+        self.check_unused()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# single worker: the run happens in this thread
+# --------------------------------------------------------------------------------------------------------------
+class InProcessSink:
+    def __init__(self, check: FirstReportCheck, config: dict[str, Any]) -> None:
+        self.check, self.config = check, config
+
+    def report(self, trainer: Any, metrics: dict[str, float], ckpt_file: str | None) -> bool:
+        return tune_report(self.check, self.config, metrics, ckpt_file)
+
+
+def tune_report(
+    check: FirstReportCheck, config: dict[str, Any], metrics: dict[str, float], ckpt_file: str | None
+) -> bool:
+    """``ray.tune.report`` with a checkpoint dir holding ``checkpoint.ckpt`` and the config that made it;
+    False when Tune ended the trial (it raises SystemExit(0) in the reporting thread for that)."""
+    from ray import tune
+
+    check(metrics)
+    checkpoint = None
+    if ckpt_file is not None:
+        d = os.path.dirname(ckpt_file)
+        with open(os.path.join(d, TRIAL_META), "w") as f:
+            json.dump({"config": _jsonable(config), "trial_id": tune.get_context().get_trial_id()}, f)
+        checkpoint = tune.Checkpoint.from_directory(d)
+    try:
+        tune.report(metrics, checkpoint=checkpoint)
+    except SystemExit:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------------------------
+# several workers: raylit's Ray launcher runs the fit; rank 0 forwards reports to this process
+# --------------------------------------------------------------------------------------------------------------
+class _Bridge:
+    """A tiny actor between rank 0 (which reports and waits) and the trial's pump thread (which decides)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._items: list[tuple[dict[str, float], Any]] = []
+        self._decisions: dict[int, bool] = {}
+        self._closed = False
+
+    def report(self, metrics: dict[str, float], ckpt: Any) -> bool:
+        with self._cond:
+            index = len(self._items)
+            self._items.append((metrics, ckpt))
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: index in self._decisions or self._closed)
+            return self._decisions.get(index, False)
+
+    def next(self, index: int, timeout: float) -> Any:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._items) > index or self._closed, timeout)
+            return self._items[index] if len(self._items) > index else None
+
+    def decide(self, index: int, go_on: bool) -> None:
+        with self._cond:
+            self._decisions[index] = go_on
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class WorkerSink:
+    """Runs on the Ray Train workers: rank 0 sends the report (the checkpoint as bytes in the object store,
+    so it reaches the trial from any node) and waits for Tune's answer; every rank gets it by broadcast."""
+
+    def __init__(self, bridge: Any) -> None:
+        self.bridge = bridge
+
+    def report(self, trainer: Any, metrics: dict[str, float], ckpt_file: str | None) -> bool:
+        go_on = True
+        if trainer.is_global_zero:
+            import ray
+
+            ref = None
+            if ckpt_file is not None:
+                with open(ckpt_file, "rb") as f:
+                    ref = ray.put(f.read())
+            go_on = bool(ray.get(self.bridge.report.remote(metrics, [ref] if ref is not None else None)))
+        return bool(trainer.strategy.broadcast(go_on, 0))
+
+
+def _fit_multi_worker(
+    spec: TrialSpec,
+    overrides: dict[str, Any],
+    model: Any,
+    fit_kwargs: dict[str, Any],
+    ckpt_file: str | None,
+    refresh: bool,
+    check: FirstReportCheck,
+    config: dict[str, Any],
+    trial_dir: str,
+) -> bool:
+    import ray
+    import ray.train
+    from ray import tune
+
+    try:
+        from raylit.launch import ray as _launcher  # noqa: F401
+    except ImportError as err:  # pragma: no cover - the launcher ships with raylit
+        raise NotImplementedError(
+            "Multi-worker Tune trials need raylit's Ray launcher (raylit.launch.ray), which could not be imported"
+        ) from err
+
+    bridge = ray.remote(num_cpus=0, max_concurrency=4)(_Bridge).remote()
+    callback = TuneReportCallback(WorkerSink(bridge), spec.checkpoint_frequency, refresh_hparams=refresh)
+    ctx = tune.get_context()
+    # a fresh Ray Train run name per start: reusing one would make Train auto-resume its own last snapshot
+    name = f"train-{ctx.get_trial_id()}-{os.getpid()}-{threading.get_ident() % 10000}-{_counter()}"
+    run_config = spec.trainer._run_config
+    if run_config is None:
+        run_config = ray.train.RunConfig(
+            name=name,
+            storage_path=os.path.join(trial_dir, "ray_train"),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        )
+    trainer = trial_trainer(spec.trainer, overrides, trial_dir, callback, run_config=run_config)
+    state: dict[str, Any] = {"stopped": False, "error": None, "finished": False}
+    pump = threading.Thread(target=_pump, args=(bridge, check, config, state), name="raylit-tune-pump", daemon=True)
+    pump.start()
+    try:
+        trainer.fit(model, ckpt_path=ckpt_file, **fit_kwargs)
+    finally:
+        state["finished"] = True
+        try:
+            ray.get(bridge.close.remote(), timeout=30)
+        except Exception:  # noqa: BLE001
+            pass
+        pump.join(timeout=60)
+        ray.kill(bridge)
+    if state["error"] is not None:
+        raise state["error"]
+    return state["stopped"]
+
+
+_count = [0]
+
+
+def _counter() -> int:
+    _count[0] += 1
+    return _count[0]
+
+
+def _pump(bridge: Any, check: FirstReportCheck, config: dict[str, Any], state: dict[str, Any]) -> None:
+    import ray
+
+    index = 0
+    while not state["finished"]:
+        item = ray.get(bridge.next.remote(index, 1.0))
+        if item is None:
+            continue
+        metrics, refs = item
+        tmp = None
+        go_on = False
+        try:
+            ckpt_file = None
+            if refs:
+                tmp = tempfile.mkdtemp(prefix="raylit-tune-ckpt-")
+                ckpt_file = os.path.join(tmp, CHECKPOINT_NAME)
+                with open(ckpt_file, "wb") as f:
+                    f.write(ray.get(refs[0]))
+            go_on = tune_report(check, config, metrics, ckpt_file)
+            if not go_on:
+                state["stopped"] = True
+        except BaseException as err:  # noqa: BLE001 - surfaced by the trial thread after the run ends
+            state["error"] = err
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            ray.get(bridge.decide.remote(index, go_on))
+        index += 1
+        if not go_on:
+            return
