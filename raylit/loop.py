@@ -414,7 +414,7 @@ class Loop:
                 for out in outputs_per_loader]
 
     def _loader_epoch_end(self, store: ResultStore, sanity: bool) -> dict[str, Any]:
-        self.metrics.in_batch = False
+        self.metrics.end_epoch()  # all ranks: cross-rank reductions of this loader's values happen here
         if sanity:
             return {}
         return dict(self.metrics.epoch_log_metrics())

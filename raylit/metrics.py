@@ -140,9 +140,13 @@ class ResultStore:
         else:
             entry.total = value if entry.total is None else torch.minimum(entry.total, value)
 
-    def _epoch_value(self, e: _Entry) -> Tensor | None:
+    def _epoch_value(self, e: _Entry, allow_sync: bool = True) -> Tensor | None:
         if e.computed is not None:
             return e.computed
+        if not allow_sync and (e.sync or (e.metric is not None and self.runtime.distributed)):
+            # reducing across ranks is a collective: it happens only where every rank computes (see
+            # MetricsConnector.sync_epoch_values), never because one rank happened to read a view
+            return None
         if e.metric is not None:
             value = e.metric.compute()
         elif e.total is None:
@@ -157,8 +161,16 @@ class ResultStore:
         e.computed = value
         return value
 
-    def views(self, on_step: bool) -> tuple[dict, dict, dict]:
-        """(callback, log, progress bar) metrics: step values during a batch, epoch values after the loop."""
+    def compute_synced(self) -> None:
+        """Compute every cross-rank epoch value of the current dataloader now: call on all ranks together."""
+        for e in self.entries.values():
+            collective = e.sync or (e.metric is not None and self.runtime.distributed)  # Metric.compute syncs
+            if e.active and collective and e.on_epoch and e.dl_idx == self.dataloader_idx:
+                self._epoch_value(e)
+
+    def views(self, on_step: bool, allow_sync: bool = False) -> tuple[dict, dict, dict]:
+        """(callback, log, progress bar) metrics: step values during a batch, epoch values after the loop.
+        Cross-rank values not computed yet are left out unless ``allow_sync`` (all ranks are here)."""
         callback: dict[str, Tensor] = {}
         log: dict[str, Tensor] = {}
         pbar: dict[str, float] = {}
@@ -172,7 +184,7 @@ class ResultStore:
             else:
                 if not e.on_epoch:
                     continue
-                value = self._epoch_value(e)
+                value = self._epoch_value(e, allow_sync)
             if not isinstance(value, Tensor):
                 continue
             name, forked = e.name, e.forked(on_step)
@@ -240,6 +252,9 @@ class MetricsConnector:
         sync = sync_dist and not rank_zero_only and trainer._runtime.distributed
         self.store.log(fx, name, value, prog_bar, True if logger is None else logger, on_step, on_epoch, reduce,
                        sync, add_dataloader_idx, batch_size, enable_graph)
+        if (sync or (_is_metric(value) and trainer._runtime.distributed)) and fx in _EPOCH_ONLY_HOOKS:
+            # every rank runs this hook: reduce now, so monitors and rank-0 readers see the synced value
+            self.store.compute_synced()
 
     # --- views ----------------------------------------------------------------------------------------
     def _merge_live(self) -> None:
@@ -276,13 +291,16 @@ class MetricsConnector:
         return log
 
     def end_epoch(self) -> None:
-        """Switch to epoch views (before the epoch-end hooks, so monitors see epoch values)."""
+        """Switch to epoch views (before the epoch-end hooks, so monitors see epoch values). All ranks call
+        this together, so cross-rank reductions of what the steps logged happen here."""
         self.in_batch = False
+        if self.store is not None:
+            self.store.compute_synced()
 
     def epoch_log_metrics(self) -> dict[str, Tensor]:
         """Merge the epoch values into the views; returns the ones for the loggers."""
         self.in_batch = False
-        callback, log, pbar = self.store.views(False)
+        callback, log, pbar = self.store.views(False, allow_sync=True)
         self.callback_metrics.update(callback)
         self.logged_metrics.update(log)
         self.progress_bar_metrics.update(pbar)

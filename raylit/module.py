@@ -332,7 +332,9 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
 
         def gather(t: Tensor) -> Tensor:
             t = t if isinstance(t, Tensor) else torch.tensor(t, device=self.device)
-            return runtime.all_gather(t) if runtime is not None else t
+            if runtime is None or not runtime.distributed:
+                return t
+            return runtime.all_gather(t, sync_grads=sync_grads) if sync_grads else runtime.all_gather(t)
 
         return apply_to_collection(data, (Tensor, numbers.Number), gather)
 

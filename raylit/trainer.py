@@ -677,6 +677,8 @@ class Trainer:
         if is_overridden(module, "configure_model", LightningModule):
             with self._precision.init_context():
                 hooks.module_hook("configure_model")
+        if self._precision.device != runtime.device:  # e.g. built on a CPU driver, running on a GPU worker
+            self._precision = Precision(self._precision_name, runtime.device)
         path = ckpt_io.resolve_ckpt_path(self, ckpt_path, fn, model_given)
         checkpoint = ckpt_io.load_checkpoint_file(path, weights_only=weights_only) if path else None
         if checkpoint is not None:
@@ -684,8 +686,6 @@ class Trainer:
         module.to(runtime.device)
         self._precision.convert_module(module)
         if fn == "fit":
-            if self.sync_batchnorm and runtime.distributed:
-                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
             self._model = runtime.wrap_model(
                 module, find_unused_parameters=self.strategy.name.endswith("find_unused_parameters_true"))
             self._configure_optimizers()

@@ -35,7 +35,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from raylit.callbacks.base import Callback
 from raylit.utilities.exceptions import MisconfigurationException
 
 log = logging.getLogger(__name__)
@@ -623,7 +622,6 @@ def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0)
         from raylit.precision import Precision
 
         trainer._precision = Precision(trainer._precision_name, runtime.device)
-    trainer.callbacks.insert(0, MetricsOnEveryRank())
 
     output = trainer._run(fn, model, **kwargs)
     if fn == "predict":
@@ -636,24 +634,6 @@ def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0)
     # would pick the *next* free version when asked for log_dir.
     versions = [getattr(lg, "_version", None) for lg in trainer.loggers]
     return {"results": results, "output": output, "logger_versions": versions}
-
-
-class MetricsOnEveryRank(Callback):
-    """Evaluates the epoch-level metric views on every rank at each epoch / loop end, before any other
-    callback or the module reads them (it is inserted first in the worker's callback list).
-
-    Epoch values logged with ``sync_dist=True`` are all-reduced when first read. A reader that runs on rank 0
-    only (the progress bar, a logger, ``if trainer.is_global_zero: print(trainer.callback_metrics)``) would
-    otherwise start an all-reduce that the other ranks never join, which hangs or aborts the run (seen after
-    the sanity check). Reading them here on all ranks, at the same point, does the reductions together.
-    """
-
-    def _compute(self, trainer: Any, *args: Any) -> None:
-        trainer.callback_metrics  # noqa: B018 -- the read computes (and syncs) the epoch values
-
-    on_sanity_check_end = on_train_epoch_end = on_train_end = _compute
-    on_validation_epoch_end = on_validation_end = on_test_epoch_end = on_test_end = _compute
-
 
 def _gather_predictions(runtime: Any, trainer: Any, output: Any) -> Any:
     """Every rank's predictions, concatenated in rank order. The predict sampler gives each rank a contiguous
