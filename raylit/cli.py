@@ -300,16 +300,17 @@ def submit_command(argv: list[str]) -> int:
         print(f"\nraylit: stopped following; job {job_id} keeps running. `raylit job stop {job_id} --address "
               f"{address}` stops it.", file=sys.stderr)
         return 130
-    return _report(client, job_id, show_tail=False)
+    return _report(client, job_id)
 
 
-def _report(client: Any, job_id: str, show_tail: bool = True) -> int:
+def _report(client: Any, job_id: str) -> int:
     o = jobs.outcome(client, job_id)
     if o.succeeded:
         print(f"raylit: job {job_id} SUCCEEDED", file=sys.stderr)
         if o.result is not None:
             print(jobs.describe_result(o.result), file=sys.stderr)
         return 0
+    # the log was streamed above, but the end of it (the error) is what matters: repeat it next to the status
     print("raylit: " + jobs.describe_failure(o), file=sys.stderr)
     return 1
 

@@ -262,7 +262,11 @@ def submit(command: str, args: list[str], *, address: str | None = None, runtime
 
 def follow(c: Any, job_id: str, out: TextIO | None = None) -> str:
     """Copy the job's log to ``out`` as it is written, until the job ends; return its final status."""
+    import logging
+
     out = out if out is not None else sys.stdout
+    # the SDK logs "WebSocket closed ..." at INFO when a job ends; the job's status is reported instead
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
 
     async def _tail() -> None:
         async for chunk in c.tail_job_logs(job_id):
