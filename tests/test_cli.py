@@ -260,6 +260,55 @@ def test_unreachable_cluster_says_which_address_and_how_to_check(capsys):
         jobs.check_reachable("http://127.0.0.1:6379")
 
 
+class _FakeServer:
+    """A loopback TCP server for the error paths: ``reply`` is sent to every connection, then it is closed."""
+
+    def __init__(self, reply: bytes) -> None:
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.address = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.reply = reply
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _http(status: str, body: str) -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n{body}").encode()
+
+
+@pytest.mark.parametrize("reply,expected", [
+    (b"\x00\x00\x12\x04\x00garbage, not HTTP", "is not a Ray job server"),      # e.g. the GCS's gRPC port
+    (_http("404 Not Found", "nope"), "did not answer like a Ray dashboard"),     # some other web server
+    (_http("401 Unauthorized", "Unauthorized: Missing authentication token"), "RAY_AUTH_MODE=token"),
+    (_http("403 Forbidden", "Forbidden: Invalid authentication token"), "refused the request"),
+])
+def test_servers_that_are_not_a_usable_job_server(capsys, reply, expected):
+    server = _FakeServer(reply)
+    try:
+        assert main(["job", "list", "--address", server.address]) == 1
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert expected in err and server.address in err, err
+    assert "Traceback" not in err
+
+
 def test_submit_checks_the_config_before_contacting_the_cluster(isolated, capsys):
     write(isolated / "bad.yaml", "model: {class_path: my_missing_module.Net}\n")
     port = closed_port()

@@ -464,24 +464,15 @@ def test_failed_job_shows_the_tail_of_its_log_and_stop_works(cluster, project, t
 
 @pytest.mark.ray
 def test_cluster_errors_are_explained(cluster):
-    # no RAY_AUTH_MODE: the job server answers 401 and raylit says how to send the token
-    env = client_env(cluster)
-    out = raylit("job", "list", "--address", cluster.address, env=env)
+    """Against the real job server (servers that are not Ray's are in test_cli.py)."""
+    # no RAY_AUTH_MODE on the client: the job server answers 401 and raylit says how to send the token
+    out = raylit("job", "list", "--address", cluster.address, env=client_env(cluster))
     assert out.returncode == 1
     assert "refused the request" in out.stderr and "RAY_AUTH_MODE=token" in out.stderr, out.stderr
-    # a wrong token
-    env = client_env(cluster, RAY_AUTH_MODE="token")
-    env["RAY_AUTH_TOKEN"] = "wrong" * 8
-    out = raylit("job", "list", "--address", cluster.address, env=env)
-    assert out.returncode == 1 and "refused the request" in out.stderr
     # an unknown job
-    env = client_env(cluster, RAY_AUTH_MODE="token")
-    out = raylit("job", "status", "no-such-job", "--address", cluster.address, env=env)
+    out = raylit("job", "status", "no-such-job", "--address", cluster.address,
+                 env=client_env(cluster, RAY_AUTH_MODE="token"))
     assert out.returncode == 1 and "No such job" in out.stderr, out.stderr
-    # the GCS port instead of the dashboard's
-    out = raylit("job", "list", "--address", f"127.0.0.1:{cluster.gcs_port}", env=env)
-    assert out.returncode == 1, out.stderr
-    assert "not a Ray job server" in out.stderr or "did not answer like a Ray dashboard" in out.stderr, out.stderr
 
 
 # --------------------------------------------------------------------------------------------------------------
