@@ -463,6 +463,7 @@ def test_failed_job_shows_the_tail_of_its_log_and_stop_works(cluster, project, t
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_cluster_errors_are_explained(cluster):
     """Against the real job server (servers that are not Ray's are in test_cli.py)."""
     # no RAY_AUTH_MODE on the client: the job server answers 401 and raylit says how to send the token
