@@ -23,7 +23,7 @@ import os
 import re
 import socket
 import sys
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from raylit import jobs
 
@@ -227,7 +227,7 @@ def _submit_parser() -> Any:
                    help="extra upload exclusion patterns (gitignore syntax)")
     p.add_argument("--py-module", type=str, default=[], action="append",
                    help="a local package directory or .whl to ship with the job (repeatable)")
-    p.add_argument("--ship-raylit", type=str, default="auto", choices=["auto", "always", "never"],
+    p.add_argument("--ship-raylit", type=Literal["auto", "always", "never"], default="auto",
                    help="ship this raylit with the job: auto = when it is a source checkout")
     p.add_argument("--pip", type=str, default=[], action="append",
                    help="a pip requirement installed for the job (repeatable; nodes need registry access)")
@@ -323,7 +323,7 @@ def _job_parser() -> Any:
 
     p = ArgumentParser(prog="raylit job", exit_on_error=False,
                        description="Inspect and control raylit jobs on a Ray cluster.")
-    p.add_argument("action", type=str, choices=["list", "status", "logs", "stop"])
+    p.add_argument("action", type=Literal["list", "status", "logs", "stop"])
     p.add_argument("job_id", type=Optional[str], nargs="?", default=None)
     p.add_argument("--address", type=Optional[str], default=None,
                    help=f"the cluster's dashboard (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, "
