@@ -349,6 +349,8 @@ def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
     import ray
     from ray.train.torch import TorchTrainer
 
+    from raylit.launch import fault
+
     cpus_needed = p.num_workers if p.explicit_scaling is False else 0
     gpus_needed = p.num_workers if p.use_gpu else 0
     connect(cpus_needed, gpus_needed)
@@ -364,8 +366,10 @@ def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
         "isatty": _isatty(sys.stdout),
         "columns": _terminal_columns(),
     }
+    # fault tolerance (raylit/launch/fault.py): restarts, and the resume directory every attempt restores from
+    run_cfg, config["fault"] = fault.driver_plan(trainer, fn, run_config(trainer, fn))
     torch_trainer = TorchTrainer(
-        _worker_main, train_loop_config=config, scaling_config=scaling, run_config=run_config(trainer, fn)
+        _worker_main, train_loop_config=config, scaling_config=scaling, run_config=run_cfg
     )
     try:
         env = dict(_TRAIN_ENV_DEFAULTS)
@@ -376,7 +380,7 @@ def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
         with _env_defaults(env):
             result = torch_trainer.fit()
     except Exception as err:
-        raise _user_error(err) from err
+        raise _user_error(fault.unwrap_error(err)) from err
     finally:
         relay.stop()
     from ray import cloudpickle
@@ -572,6 +576,7 @@ def _worker_main(config: dict) -> bytes | None:
 
     ctx = ray.train.get_context()
     spec = cloudpickle.loads(ray.get(config["payload"]))
+    spec["fault"] = config.get("fault")  # fault tolerance: see raylit/launch/fault.py
     if config.get("columns"):
         os.environ.setdefault("COLUMNS", str(config["columns"]))  # progress bars size to the driver's terminal
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
@@ -623,6 +628,9 @@ def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0)
 
         trainer._precision = Precision(trainer._precision_name, runtime.device)
 
+    from raylit.launch import fault  # fault tolerance: restore this run's newest resume checkpoint, if any
+
+    kwargs = fault.prepare_worker(spec, trainer, runtime, fn, kwargs)
     output = trainer._run(fn, model, **kwargs)
     if fn == "predict":
         output = _gather_predictions(runtime, trainer, output)
