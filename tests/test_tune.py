@@ -85,7 +85,8 @@ class TuneNet(raylit.LightningModule):
         self._note("on_train_start")
 
     def on_fit_end(self):
-        self._note("on_fit_end")
+        if self.trainer.is_global_zero:
+            self._note("on_fit_end")
 
     def teardown(self, stage):
         if self.trainer.is_global_zero:
@@ -310,12 +311,16 @@ def test_trainer_arguments_are_searched_through_the_param_space(ray_instance, st
 
 @pytest.mark.slow
 def test_pbt_exploit_continues_from_the_donor_weights_with_the_new_lr(ray_instance, storage):
+    # synch: the population meets at every interval, so the bad half is always exploited (with fast epochs an
+    # asynchronous PBT may see no rival scores in time); resampling from a continuous range: every exploit
+    # changes the lr (a list could give back the donor's value)
     pbt = PopulationBasedTraining(
         time_attr="training_iteration",
         perturbation_interval=2,
         quantile_fraction=0.5,
-        resample_probability=0.5,
-        hyperparam_mutations={"lr": [1e-4, 3e-2, 1e-1]},
+        synch=True,
+        resample_probability=1.0,
+        hyperparam_mutations={"lr": tune.uniform(1e-2, 1e-1)},
     )
     tuner = Tuner(
         build,
@@ -401,7 +406,7 @@ def test_an_interrupted_sweep_resumes_with_tuner_restore_and_finishes(ray_instan
             name="resume",
             storage_path=storage,
             verbose=0,
-            callbacks=[InterruptOnce(str(tmp_path / "interrupted"), after=3)],
+            callbacks=[InterruptOnce(str(tmp_path / "interrupted"), after=2)],
         ),
     )
     first = tuner.fit()
@@ -415,3 +420,32 @@ def test_an_interrupted_sweep_resumes_with_tuner_restore_and_finishes(ray_instan
     assert sorted(r.metrics["training_iteration"] for r in results) == [epochs] * 2
     # at least one trial continued from its checkpoint rather than starting over
     assert glob.glob(os.path.join(path, "*", RESTORE_LOG))
+
+
+@pytest.mark.slow
+def test_multi_worker_trials_run_ddp_through_the_ray_launcher(ray_instance, storage):
+    """Each trial is a 2-worker DDP run (Ray Train); ASHA stops the worse one after its first report."""
+    max_t = 3
+    tuner = Tuner(
+        build,
+        trainer=quiet_trainer(max_epochs=max_t, devices=2, strategy="ddp"),
+        param_space={"lr": tune.grid_search([1e-1, 1e-4])},
+        tune_config=tune.TuneConfig(
+            metric="val_loss", mode="min", scheduler=ASHAScheduler(max_t=max_t, grace_period=1, reduction_factor=2)
+        ),
+        run_config=tune.RunConfig(name="ddp", storage_path=storage, verbose=0),
+    )
+    results = tuner.fit()
+    assert not results.errors
+    iterations = {r.config["lr"]: r.metrics["training_iteration"] for r in results}
+    assert iterations == {1e-1: max_t, 1e-4: 1}
+
+    best = results.get_best_result()
+    assert best.config["lr"] == 1e-1
+    model = TuneNet.load_from_checkpoint(checkpoint_file(best))
+    out = quiet_trainer(logger=False).validate(model, datamodule=TuneData(), verbose=False)
+    assert out[0]["val_loss"] == pytest.approx(best.metrics["val_loss"], rel=1e-5)
+    for d in trial_dirs(os.path.join(storage, "ddp")):
+        with open(os.path.join(d, "events.txt")) as f:
+            assert f.read().split()[-2:] == ["on_fit_end", "teardown:fit"]
+    assert wait_for_cpus(2.0) >= 2.0  # the stopped trial's worker group released its placement group

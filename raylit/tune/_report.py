@@ -146,10 +146,10 @@ def apply_fresh_hparams(trainer: Any, fresh_groups: list[list[dict[str, Any]]]) 
             sched._last_lr = [g["lr"] for g in opt.param_groups]
 
 
-def local_checkpoint_copy(src_file: str) -> tuple[str, str]:
+def local_checkpoint_copy(src_file: str, parent: str | None = None) -> tuple[str, str]:
     """Copy a checkpoint file into a fresh temp dir (the source may belong to another trial that goes on
     training and deletes old checkpoints); returns (dir, file)."""
-    tmp = tempfile.mkdtemp(prefix="raylit-tune-restore-")
+    tmp = tempfile.mkdtemp(prefix="raylit-tune-restore-", dir=parent)
     dst = os.path.join(tmp, CHECKPOINT_NAME)
     shutil.copyfile(src_file, dst)
     return tmp, dst

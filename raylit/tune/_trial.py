@@ -18,6 +18,7 @@ to this process through a small bridge actor, and a pump thread hands it to Tune
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -244,7 +245,10 @@ def _run(spec: TrialSpec, config: dict[str, Any]) -> None:
     tune_ckpt = tune.get_checkpoint()
     trial_dir = trial_directory()
     if tune_ckpt is not None:
-        restore_dir, ckpt_file, refresh = _fetch_checkpoint(tune_ckpt, config, trial_dir)
+        # Ray Train workers read the file themselves: keep it in the trial dir (storage every node sees, as Tune
+        # requires on a multi-node cluster) rather than in this node's /tmp
+        copy_to = trial_dir if multi_worker else None
+        restore_dir, ckpt_file, refresh = _fetch_checkpoint(tune_ckpt, config, trial_dir, copy_to)
     try:
         if multi_worker:
             stopped = _fit_multi_worker(
@@ -265,12 +269,14 @@ def _run(spec: TrialSpec, config: dict[str, Any]) -> None:
         raise SystemExit(0)
 
 
-def _fetch_checkpoint(tune_ckpt: Any, config: dict[str, Any], trial_dir: str) -> tuple[str, str, bool]:
+def _fetch_checkpoint(
+    tune_ckpt: Any, config: dict[str, Any], trial_dir: str, copy_to: str | None
+) -> tuple[str, str, bool]:
     """Copy the checkpoint to restore into a local temp dir; also say whether it was written under another
     config (a PBT exploit), in which case the new hyperparameters must replace the restored ones. Each restore
     is recorded in the trial dir (``raylit_restores.jsonl``: which checkpoint, from which trial, which config)."""
     with tune_ckpt.as_directory() as d:
-        tmp, dst = local_checkpoint_copy(os.path.join(d, CHECKPOINT_NAME))
+        tmp, dst = local_checkpoint_copy(os.path.join(d, CHECKPOINT_NAME), copy_to)
         meta_file = os.path.join(d, TRIAL_META)
         meta: dict[str, Any] = {}
         if os.path.exists(meta_file):
@@ -502,6 +508,8 @@ def _fit_multi_worker(
             storage_path=os.path.join(trial_dir, "ray_train"),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         )
+    else:  # the user's settings, but never one run name shared by all trials
+        run_config = dataclasses.replace(run_config, name=name)
     trainer = trial_trainer(spec.trainer, overrides, trial_dir, callback, run_config=run_config)
     state: dict[str, Any] = {"stopped": False, "error": None, "finished": False}
     pump = threading.Thread(target=_pump, args=(bridge, check, config, state), name="raylit-tune-pump", daemon=True)

@@ -86,9 +86,9 @@ class Tuner:
         self._pbt = _needs_checkpoints(self.tune_config.scheduler)
         if self._pbt is not None and checkpoint_frequency == 0:
             raise TuneConfigError(
-                f"{type(self._pbt).__name__} restarts trials from other trials' checkpoints, but checkpointing is "
+                f"{type(self._pbt).__name__} restarts trials from checkpoints, but checkpointing is "
                 "disabled (Trainer(enable_checkpointing=False) or checkpoint_frequency=0). Remove that, or use a "
-                "scheduler that only stops trials (ASHAScheduler, HyperBandScheduler, MedianStoppingRule)."
+                "scheduler that only stops trials (ASHAScheduler, MedianStoppingRule)."
             )
         self._multi_worker = trainer._num_workers > 1 or trainer._scaling_config is not None
         if reuse_actors is None:
@@ -265,10 +265,12 @@ def _candidate_values(space: Any) -> list[Any]:
 
 
 def _needs_checkpoints(scheduler: Any) -> Any:
-    from ray.tune.schedulers import PopulationBasedTraining
+    """The scheduler, if it restarts trials from checkpoints: PBT/PB2 (exploits) and the synchronous
+    HyperBand (pauses trials and resumes them later). ASHA and the median rule only stop trials."""
+    from ray.tune.schedulers import HyperBandScheduler, PopulationBasedTraining
 
     scheduler = getattr(scheduler, "_base_scheduler", scheduler)  # ResourceChangingScheduler
-    return scheduler if isinstance(scheduler, PopulationBasedTraining) else None
+    return scheduler if isinstance(scheduler, (PopulationBasedTraining, HyperBandScheduler)) else None
 
 
 def _metric_names(tune_config: Any) -> tuple[str, ...]:
