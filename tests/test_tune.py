@@ -1,7 +1,7 @@
 """raylit.tune: sweeps with the Trainer of a single run, on a real (small) Ray instance.
 
-One Ray instance for the module (2 CPUs; an already-connected Ray, e.g. the session's two-node cluster, is
-reused). Trials are tiny regressions, so Tune's and Ray's overheads dominate the run time.
+Sweeps run on the session's shared two-node Ray cluster (2 CPUs in all; see tests/_ray_fixtures.py). Trials are
+tiny regressions, so Tune's and Ray's overheads dominate the run time.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ import glob
 import json
 import os
 import pickle
-import shutil
 import signal
 import sys
-import tempfile
 import time
 
 import pytest
@@ -123,26 +121,12 @@ def quiet_trainer(**kwargs) -> raylit.Trainer:
 # fixtures
 # --------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ray_instance():
-    """Our own 2-CPU Ray for this module, unless this process is already connected to one (then reuse it, so
-    that two instances never run side by side)."""
-    if ray.is_initialized():
-        yield
-        return
-    temp_dir = tempfile.mkdtemp(prefix="rl-tune-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(
-        num_cpus=2,
-        num_gpus=0,
-        include_dashboard=False,
-        logging_level="ERROR",
-        _temp_dir=temp_dir,
-        runtime_env={"worker_process_setup_hook": "raylit.launch.ray.quiet_ray_workers"},
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+def ray_instance(ray_cluster):
+    """The session's Ray (tests/_ray_fixtures.py): two raylets on 127.0.0.1 / 127.0.0.2 with one CPU each, so a
+    sweep has 2 CPUs, single-worker trials land on either node, and a 2-worker trial spans both."""
+    cpus = wait_for_cpus(2.0, timeout=60.0)  # an earlier test may still be bringing a node back
+    assert cpus == 2.0 and ray.cluster_resources().get("CPU") == 2.0, ray.cluster_resources()
+    return ray_cluster
 
 
 @pytest.fixture

@@ -27,8 +27,27 @@ class ReportSink(Protocol):
         """Hand one report on; return False when Tune wants the trial to stop. Called on every rank."""
 
 
+class TuneSink:
+    """``ray.tune.report`` from this thread: for a single-worker Trainer inside a Tune function trainable."""
+
+    def report(self, trainer: Any, metrics: dict[str, float], ckpt_file: str | None) -> bool:
+        from ray import tune
+
+        checkpoint = tune.Checkpoint.from_directory(os.path.dirname(ckpt_file)) if ckpt_file else None
+        try:
+            tune.report(metrics, checkpoint=checkpoint)
+        except SystemExit:  # Tune ends the trial: it raises SystemExit(0) in the reporting thread
+            return False
+        return True
+
+
 class TuneReportCallback(Callback):
     """Report ``trainer.callback_metrics`` (what the module logged with ``self.log``) once per validation run.
+
+    ``raylit.tune.Tuner`` adds it to every trial. In a Tune function of your own (single-worker Trainer), add
+    ``TuneReportCallback()`` to the Trainer, pass ``ray.tune.get_checkpoint()``'s ``checkpoint.ckpt`` as
+    ``ckpt_path``, and end the function with ``raise SystemExit(0)`` when ``callback.stopped`` (Tune waits for
+    that after stopping a trial).
 
     When validation ends an epoch, the report waits for the epoch's end so that epoch-level training metrics
     (``on_epoch=True`` in ``training_step``) are included; without validation, every epoch is reported.
@@ -40,8 +59,10 @@ class TuneReportCallback(Callback):
     # report after the module's and the other callbacks' on_train_epoch_end: they may log metrics there
     runs_after_module_epoch_end = True
 
-    def __init__(self, sink: ReportSink, checkpoint_frequency: int = 1, refresh_hparams: bool = False) -> None:
-        self.sink = sink
+    def __init__(
+        self, sink: ReportSink | None = None, checkpoint_frequency: int = 1, refresh_hparams: bool = False
+    ) -> None:
+        self.sink = sink if sink is not None else TuneSink()
         self.checkpoint_frequency = checkpoint_frequency
         self.refresh_hparams = refresh_hparams
         self.stopped = False  # Tune asked this trial to stop (or pause)

@@ -215,10 +215,6 @@ def run_trial(spec: TrialSpec, config: dict[str, Any]) -> None:
         done.set()
 
 
-class _Stopped(Exception):
-    pass
-
-
 def _run(spec: TrialSpec, config: dict[str, Any]) -> None:
     from ray import tune
 

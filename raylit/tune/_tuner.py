@@ -199,8 +199,9 @@ class Tuner:
             spec.trainer = trainer
         connect_ray()
         self = cls.__new__(cls)
-        self.spec, self._watch, self._pbt = spec, _ErrorWatch(), None
-        self.param_space = param_space or {}
+        self.spec, self._watch, self._pbt, self._resources = spec, _ErrorWatch(), None, None
+        self.param_space, self.tune_config, self.run_config = param_space or {}, None, None
+        self._multi_worker = spec.trainer._num_workers > 1 or spec.trainer._scaling_config is not None
         self._tuner = tune.Tuner.restore(
             path,
             make_trainable(spec, default_resources(spec.trainer)),
@@ -376,11 +377,28 @@ def make_trainable(spec: TrialSpec, resources: dict[str, float]) -> Any:
 def save_spec(experiment_path: str, spec: TrialSpec, filesystem: Any = None) -> None:
     from ray import cloudpickle
 
-    data = cloudpickle.dumps(spec)
+    try:
+        data = cloudpickle.dumps(spec)
+    except Exception as err:
+        culprit = "build function" if _unpicklable(spec.build) else "Trainer" if _unpicklable(spec.trainer) else "sweep"
+        raise TypeError(
+            f"raylit sends the {culprit} to every trial by pickling it, and pickling failed: {err}. Create "
+            "unpicklable objects (open files, locks, clients) inside build(config) or the module's setup()."
+        ) from err
     fs, path = _fs(experiment_path, filesystem)
     fs.create_dir(path, recursive=True)
     with fs.open_output_stream(f"{path}/{SPEC_FILE}") as f:
         f.write(data)
+
+
+def _unpicklable(obj: Any) -> bool:
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.dumps(obj)
+        return False
+    except Exception:  # noqa: BLE001
+        return True
 
 
 def load_spec(experiment_path: str, filesystem: Any = None) -> TrialSpec | None:
