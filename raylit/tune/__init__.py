@@ -38,8 +38,20 @@ Conventions:
 - **Where trials run**: a one-device Trainer trains inside the Tune trial actor (no Ray Train worker group);
   a multi-worker Trainer (``devices=2``, ``num_nodes``, ``scaling_config``) starts a Ray Train run per trial
   through raylit's Ray launcher.
+  Single-worker trials reuse actors (``Tuner(reuse_actors=False)`` turns that off).
 - **Stops**: a trial a scheduler stops (or PBT pauses) ends its run normally: ``on_train_end``,
   ``on_fit_end``, ``teardown`` and logger finalisation run before the actor goes away.
+- **Schedulers**: ASHA, HyperBand, MedianStoppingRule, PBT/PB2 act on the reported metrics. PBT/PB2 and the
+  synchronous HyperBand restart trials from checkpoints, so they are refused when checkpointing is off; the
+  median rule may pause trials (they resume from their checkpoint). Each restore is logged in the trial dir's
+  ``raylit_restores.jsonl`` (which checkpoint, from which trial, old and new config).
+- **Search algorithms**: anything ``TuneConfig(search_alg=...)`` takes (random/grid built in; OptunaSearch,
+  HyperOptSearch, ... when their packages are installed); raylit only reads their ``metric``.
+- **Set-up errors**: bad ``trainer.`` keys and values, and PBT without checkpoints, fail in ``Tuner(...)``. A
+  metric nobody logs (the message lists the logged names) or a param_space key nothing reads is detected by the
+  first trial; the sweep then stops and ``fit()`` raises :class:`TuneConfigError`.
+- **Resuming**: ``Tuner.restore(experiment_path).fit()`` continues an interrupted sweep; the build function and
+  Trainer are saved with the experiment (``raylit_tuner.pkl``).
 """
 
 from raylit.tune._report import CHECKPOINT_NAME, TuneReportCallback
