@@ -71,6 +71,7 @@ def main() -> None:
         time_attr="training_iteration",
         perturbation_interval=2,
         quantile_fraction=0.5,
+        synch=True,  # the population meets at every interval (with epochs this short, async PBT rarely overlaps)
         hyperparam_mutations={"lr": tune.loguniform(1e-4, 1e-1), "momentum": [0.0, 0.5, 0.9]},
     )
     tuner = Tuner(
