@@ -87,7 +87,7 @@ class TuneNet(raylit.LightningModule):
             self._note("on_fit_end")
 
     def teardown(self, stage):
-        if self.trainer.is_global_zero:
+        if stage == "fit" and self.trainer.is_global_zero:  # (not the driver's validate: it writes to the cwd)
             self._note(f"teardown:{stage}")
 
 
