@@ -243,8 +243,9 @@ def test_lost_node_run_completes(ray_env, reference, tmp_path) -> None:
         assert paused.exists(), failure
         killed_at = time.time()
         os.kill(_raylet_pid(old), signal.SIGKILL)
+        # its temp dir must not start with the old node's: old.stop() kills every process that mentions that
         new = RayNode([f"--address={cluster.address}", "--node-ip-address=127.0.0.2", *cluster._common()],
-                      os.path.join(cluster.root, f"node1-{int(killed_at)}"), cluster.env())
+                      os.path.join(cluster.root, f"replacement-{int(killed_at)}"), cluster.env())
         new.start()
         cluster.nodes[1] = new
         runner.join(timeout=300)
