@@ -46,6 +46,8 @@ class ResumeCheckpoint(Callback):
         self.keep = keep
         self._last_save_time = time.monotonic()
         self._last_saved_step = -1
+        self._next_time_check = 0  # the step at which the time cadence is checked next (see _due)
+        self._checked: tuple[int, float] | None = None  # (step, time) of the last check
 
     @property
     def state_key(self) -> str:
@@ -56,6 +58,7 @@ class ResumeCheckpoint(Callback):
         if self.dirpath is None:
             self.dirpath = fs.join(trainer.default_root_dir, "resume")
         self._last_save_time = time.monotonic()
+        self._next_time_check, self._checked = 0, None
 
     def _due(self, trainer: Any) -> bool:
         step = trainer.global_step
@@ -63,10 +66,19 @@ class ResumeCheckpoint(Callback):
             return False
         if self.every_n_train_steps is not None and step > 0 and step % self.every_n_train_steps == 0:
             return True
-        if self.every_n_seconds is not None:
-            # every rank must agree, or the save (a collective in distributed runs) would hang
-            due = time.monotonic() - self._last_save_time >= self.every_n_seconds
-            return trainer.strategy.broadcast(due)
+        if self.every_n_seconds is not None and step >= self._next_time_check:
+            # every rank must agree, or the save (a collective in distributed runs) would hang: rank 0's clock
+            # decides. Asking costs a broadcast (~1 ms on gloo), so rank 0 also says at which step to ask next:
+            # about once a second of training (sooner when the save is due sooner), not at every step
+            now = time.monotonic()
+            left = self.every_n_seconds - (now - self._last_save_time)
+            ahead = 1
+            if self._checked is not None:  # steps per second since the last check -> steps in ~1 s
+                rate = (step - self._checked[0]) / max(now - self._checked[1], 1e-9)
+                ahead = max(1, int(rate * min(1.0, max(left, 0.0))))
+            self._checked = (step, now)
+            due, self._next_time_check = trainer.strategy.broadcast((left <= 0, step + ahead))
+            return due
         return False
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
