@@ -29,15 +29,21 @@ What happens when a worker process, a node or the driver is lost during ``Traine
    directory is complete once its name exists (atomic writes).
 5. **A lost driver.** A run is identified by its resume directory. Rerun the same command with the same
    ``RunConfig(name=..., storage_path=...)`` (or the same ``ResumeCheckpoint(dirpath=...)``) and training
-   continues from the newest resume checkpoint there; ``ckpt_path="last"`` resolves there too. Without a
-   name raylit generates a new one per call (``raylit-fit-<time>-<pid>``), so an unnamed run always starts
-   fresh; to start a named run over, delete its resume directory or pick a new name.
+   continues from the newest resume checkpoint there (it wins over a ``ckpt_path`` given to ``fit``: it is
+   newer progress of the same run); ``ckpt_path="last"`` resolves there too. Without a ``RunConfig`` raylit
+   names each call anew (``raylit-fit-<time>-<pid>``), so such a run always starts fresh; a named run -- and
+   a ``RunConfig`` object reused for several ``fit`` calls -- continues, so to start it over delete its resume
+   directory or pick a new name. On a cluster the resume directory must be storage every node reads; a
+   restore that some rank cannot read fails with an error saying so.
 6. **Loggers continue in place.** CSVLogger and TensorBoardLogger keep the version folder of the first
    attempt (recorded in ``<resume dir>/loggers.json``); on a restore the rows logged after the checkpoint by
    the lost attempt are dropped (CSV: the file is cut back to its length at the checkpoint; TensorBoard:
    ``purge_step``), and the step row of the batch the checkpoint was written in -- which the resumed run does
-   not recompute -- is re-logged from the checkpoint. Values that callbacks log in ``on_train_batch_end``
-   *after* the resume checkpoint was written are not part of that row.
+   not recompute -- is re-logged from the checkpoint. The sums behind this epoch's ``on_epoch`` values are
+   carried too (every rank's), so the epoch rows equal an uninterrupted run's. Not carried: values that
+   callbacks log in ``on_train_batch_end`` *after* the resume checkpoint was written (missing from that one
+   row) and the state of logged torchmetrics objects; other loggers (MLflow, W&B) get the resumed run's rows
+   again from the checkpoint on, without the lost attempt's being removed.
 
 Elastic training (``ScalingConfig(num_workers=(min, max))``) restarts the group at a new size: the batch size
 per worker stays, so the global batch changes with the number of workers, and a restore at another world
@@ -275,7 +281,7 @@ def prepare_worker(spec: dict, trainer: Any, runtime: Any, fn: str, kwargs: dict
         _remove_partial_files(directory)
         path = latest_resume_checkpoint(directory, weights_only=kwargs.get("weights_only"))
     path = runtime.broadcast(path)
-    _pin_logger_versions(trainer, runtime, directory, restarted=path is not None)
+    _pin_logger_versions(trainer, runtime, directory)
     if path is None:
         return kwargs
     readable = runtime.all_gather_object(fs.exists(path))
@@ -307,7 +313,7 @@ def _versioned(trainer: Any) -> list[tuple[int, Any]]:
     return [(i, lg) for i, lg in enumerate(trainer.loggers) if hasattr(lg, "_version") and hasattr(lg, "root_dir")]
 
 
-def _pin_logger_versions(trainer: Any, runtime: Any, directory: str, restarted: bool) -> None:
+def _pin_logger_versions(trainer: Any, runtime: Any, directory: str) -> None:
     """Every attempt of a run logs into the version folder the first attempt chose (rank 0 decides; every
     rank gets the same value, so ``log_dir``-derived paths agree)."""
     versioned = _versioned(trainer)
@@ -323,15 +329,19 @@ def _pin_logger_versions(trainer: Any, runtime: Any, directory: str, restarted: 
             if lg._version is None and key in recorded:
                 lg._version = recorded[key]
             versions[key] = lg.version  # decides it now when it is still open
+        again = bool(recorded)
         if versions != recorded:
             fs.makedirs(directory)
             fs.write_bytes_atomic(json.dumps(versions).encode(), path)
-    versions = runtime.broadcast(versions)
+        versions = (versions, again)
+    from raylit.loggers.tensorboard import TensorBoardLogger
+
+    versions, again = runtime.broadcast(versions)
     for i, lg in versioned:
         lg._version = versions[str(i)]
-        if restarted and lg._experiment is None and hasattr(lg, "_kwargs"):
-            # TensorBoard: hide the lost attempt's events from the checkpoint's step on (set again, exactly, when
-            # the checkpoint is restored); 0 when the run starts over
+        if again and isinstance(lg, TensorBoardLogger) and lg._experiment is None:
+            # a later attempt: hide the lost attempts' events (from step 0 when the run starts over; a restore
+            # moves this to the checkpoint's step)
             lg._kwargs["purge_step"] = 0
 
 
@@ -346,9 +356,10 @@ class LoggerContinuity(Callback):
     """Keeps the loggers of a restored run exactly as an uninterrupted run leaves them.
 
     At every checkpoint it records, on rank 0, how many rows each CSVLogger has written and (when the checkpoint
-    is written inside a batch, before that batch's step row is sent) the step row itself. On a restore it cuts
-    the CSV files back to that length, re-logs the step row, points TensorBoard's ``purge_step`` at the
-    checkpoint's step, and carries the step counters of evaluation rows on.
+    is written inside a batch, before that batch's step row is sent) the step row itself; and, from every rank,
+    the running sums behind the epoch's ``on_epoch`` values. On a restore it cuts the CSV files back to that
+    length, re-logs the step row, points TensorBoard's ``purge_step`` at the checkpoint's step, puts each rank's
+    sums back, and carries the step counters of evaluation rows on.
     """
 
     def __init__(self) -> None:
@@ -419,13 +430,14 @@ class LoggerContinuity(Callback):
         if not trainer.is_global_zero:
             return
         from raylit.loggers.csv_logs import CSVLogger
+        from raylit.loggers.tensorboard import TensorBoardLogger
 
         step = int(state.get("step", 0))
         for i, lg in enumerate(trainer.loggers):
             key = str(i)
             if isinstance(lg, CSVLogger) and key in self._csv_snapshot:
                 self._restore_csv(lg, self._csv_snapshot[key], int(state.get("csv_rows", {}).get(key, 0)))
-            elif hasattr(lg, "_kwargs") and getattr(lg, "_experiment", True) is None:
+            elif isinstance(lg, TensorBoardLogger) and lg._experiment is None:
                 lg._kwargs["purge_step"] = step
         self._csv_snapshot = {}
         pending = state.get("pending_row")
