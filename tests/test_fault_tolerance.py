@@ -243,9 +243,10 @@ def test_lost_node_run_completes(ray_env, reference, tmp_path) -> None:
         assert paused.exists(), failure
         killed_at = time.time()
         os.kill(_raylet_pid(old), signal.SIGKILL)
-        # its temp dir must not start with the old node's: old.stop() kills every process that mentions that
+        # a short temp dir name (Ray's socket paths under it must fit 107 bytes) that does not start with the old
+        # node's: old.stop() kills every process whose command line mentions that
         new = RayNode([f"--address={cluster.address}", "--node-ip-address=127.0.0.2", *cluster._common()],
-                      os.path.join(cluster.root, f"replacement-{int(killed_at)}"), cluster.env())
+                      os.path.join(cluster.root, "n2b"), cluster.env())
         new.start()
         cluster.nodes[1] = new
         runner.join(timeout=300)
