@@ -124,3 +124,32 @@ class DummyLogger(Logger):
 
 
 __all__ = ["DummyExperiment", "DummyLogger", "Logger", "rank_zero_experiment", "rank_zero_only"]
+
+
+class _VersionedLogger(Logger):
+    """Loggers that write to ``save_dir/name/version_N`` (CSV, TensorBoard): the shared naming rules.
+    Subclasses set ``_name``, ``_save_dir`` and ``_version`` (None: decided on first access)."""
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        """The version given, or (decided on first access) one more than the largest ``version_N`` on disk."""
+        if self._version is None:
+            from raylit.loggers._utils import _next_version
+
+            self._version = _next_version(self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        """``save_dir/name``: the folder holding the version folders (checkpoints go to ``log_dir``)."""
+        import os
+
+        return os.path.join(self.save_dir, self.name)

@@ -11,8 +11,8 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any
 
-from raylit.loggers._utils import _add_prefix, _convert_params, _next_version, _to_python
-from raylit.loggers.base import Logger, rank_zero_experiment
+from raylit.loggers._utils import _add_prefix, _convert_params, _to_python
+from raylit.loggers.base import _VersionedLogger, rank_zero_experiment
 from raylit.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 __all__ = ["CSVLogger", "ExperimentWriter"]
@@ -85,7 +85,7 @@ class ExperimentWriter:
         self.metrics = []
 
 
-class CSVLogger(Logger):
+class CSVLogger(_VersionedLogger):
     """Log metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml`` on the local filesystem.
 
     Files go to ``os.path.join(save_dir, name, version)`` where ``version`` is ``version_<N>`` for an int (the
@@ -118,25 +118,6 @@ class CSVLogger(Logger):
         self._experiment: ExperimentWriter | None = None
 
     # ------------------------------------------------------------------ where things go
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        """The version given, or (decided on first access) one more than the largest ``version_N`` on disk."""
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        """``save_dir/name``: the folder holding the version folders."""
-        return os.path.join(self.save_dir, self.name)
 
     @property
     def log_dir(self) -> str:

@@ -17,11 +17,10 @@ from raylit.loggers._utils import (
     _convert_params,
     _flatten_dict,
     _is_tensor,
-    _next_version,
     _sanitize_params,
     _to_python,
 )
-from raylit.loggers.base import Logger, rank_zero_experiment
+from raylit.loggers.base import _VersionedLogger, rank_zero_experiment
 from raylit.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 if TYPE_CHECKING:
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["TensorBoardLogger"]
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(_VersionedLogger):
     """Log to TensorBoard event files (via ``tensorboardX.SummaryWriter``).
 
     Args:
@@ -80,25 +79,6 @@ class TensorBoardLogger(Logger):
         self.hparams: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ where things go
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        """The version given, or (decided on first access) one more than the largest ``version_N`` on disk."""
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        """``save_dir/name``: the folder holding the version folders (checkpoints go to ``log_dir``)."""
-        return os.path.join(self.save_dir, self.name)
 
     @property
     def sub_dir(self) -> str | None:
