@@ -382,7 +382,9 @@ class LoggerContinuity(Callback):
                 self._csv_snapshot[str(i)] = _csv_rows(os.path.join(lg.log_dir, "metrics.csv"))
 
     # --- save -------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    # Its state lives under the checkpoint's ``raylit`` key (with raylit's other resume data), not under
+    # ``callbacks``: a checkpoint written in a Ray run then holds exactly the callback states Lightning's would.
+    def _rank_zero_state(self) -> dict[str, Any]:
         trainer = self._trainer
         if trainer is None or not trainer.is_global_zero:
             return {}
@@ -415,10 +417,14 @@ class LoggerContinuity(Callback):
         # epoch row then holds the same value as in an uninterrupted run.
         mine = _epoch_accumulators(trainer._train_store)
         everyone = trainer._runtime.all_gather_object(mine)
-        checkpoint.setdefault("callbacks", {}).setdefault(self.state_key, {})["train_epoch_per_rank"] = everyone
+        state = {**self._rank_zero_state(), "train_epoch_per_rank": everyone}
+        checkpoint.setdefault("raylit", {})[self.state_key] = state
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        self._restore((checkpoint.get("raylit") or {}).get(self.state_key) or {})
 
     # --- restore ----------------------------------------------------------------------------------------------
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any]) -> None:
         trainer = self._trainer
         if trainer is None or not state:
             return
