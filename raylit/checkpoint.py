@@ -115,7 +115,7 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         "epoch": st.current_epoch,
         "global_step": st.global_step,
         "pytorch-lightning_version": LIGHTNING_VERSION_TAG,
-        "state_dict": module.state_dict(),
+        "state_dict": trainer._runtime.model_state_dict(module),
         "loops": loops_state(trainer),
     }
     if not weights_only:
@@ -124,7 +124,7 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
             state = cb.state_dict()
             if state:
                 ckpt["callbacks"][cb.state_key] = state
-        ckpt["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        ckpt["optimizer_states"] = [trainer._runtime.optimizer_state_dict(module, opt) for opt in trainer.optimizers]
         ckpt["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
         if trainer._precision.scaler is not None:
             ckpt["MixedPrecision"] = trainer._precision.state_dict()
@@ -181,7 +181,7 @@ def restore_training_state(trainer: Any, ckpt: dict[str, Any]) -> None:
         raise KeyError("Trying to restore optimizer state but checkpoint contains only the model. This is "
                        "probably due to `ModelCheckpoint.save_weights_only` being set to `True`.")
     for opt, state in zip(trainer.optimizers, ckpt["optimizer_states"]):
-        opt.load_state_dict(state)
+        trainer._runtime.load_optimizer_state_dict(trainer.lightning_module, opt, state)
     for cfg, state in zip(trainer.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
         cfg.scheduler.load_state_dict(state)
     scaler_state = ckpt.get("MixedPrecision", ckpt.get("native_amp_scaling_state"))
@@ -289,9 +289,8 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: Any, fn: str, model_given: bool) 
             if dirpath and not fs.is_remote(dirpath) and os.path.isdir(dirpath):
                 candidates += [os.path.join(dirpath, f) for f in os.listdir(dirpath)
                                if f.startswith("last") and f.endswith(".ckpt")]
-        from raylit.resume import ResumeCheckpoint, latest_resume_checkpoint
-
         from raylit.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
+        from raylit.resume import ResumeCheckpoint, latest_resume_checkpoint
 
         for cb in trainer.callbacks:  # Lightning counts the file OnExceptionCheckpoint writes as a "last" one
             if isinstance(cb, OnExceptionCheckpoint) and fs.exists(cb.ckpt_path):

@@ -74,5 +74,16 @@ class Runtime:
         "train", "val", "test" or "predict"; ``shuffle=False`` forces sequential order (overfit_batches)."""
         return loader
 
+    # --- checkpoints: what dump/restore read and write (FSDP gathers/slices sharded tensors here) ------------
+    def model_state_dict(self, module: nn.Module) -> dict[str, Any]:
+        """The module's state for a checkpoint. Called on every rank; only global rank 0's result is written."""
+        return module.state_dict()
+
+    def optimizer_state_dict(self, module: nn.Module, optimizer: Any) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, module: nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
+
     def teardown(self) -> None:
         pass

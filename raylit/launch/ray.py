@@ -99,7 +99,7 @@ def plan(trainer: Any) -> Plan:
     base = strategy
     for suffix in _FIND_UNUSED_SUFFIXES:
         base = base.removesuffix(suffix)
-    if base not in DDP_STRATEGIES:
+    if base not in DDP_STRATEGIES and strategy != "fsdp":
         raise MisconfigurationException(
             f"Trainer(strategy={strategy!r}) is not supported on Ray workers: raylit runs DDP (one process per "
             f"device, gradients all-reduced). Use strategy='ddp' (or 'auto'), 'ddp_find_unused_parameters_true' "
@@ -599,6 +599,9 @@ def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0)
     from raylit.utilities.seed import seed_everything
 
     trainer, model, fn, kwargs = spec["trainer"], spec["model"], spec["fn"], spec["kwargs"]
+    runtime_cls = DistributedRuntime
+    if trainer._strategy_flag == "fsdp":  # shard the module with FSDP2 instead of wrapping it in DDP
+        from raylit.fsdp import FSDPRuntime as runtime_cls
     if spec.get("seed") is not None:
         # Lightning re-runs the user's script (and its seed_everything) on every rank; here the driver's seed
         # is re-applied instead, so every rank starts from the same RNG state, as it would under Lightning.
@@ -607,7 +610,7 @@ def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0)
         # Relative paths (lightning_logs/, checkpoints) then mean what they mean on the driver, as long as the
         # directory exists on this node (always on a local instance; on a cluster, with shared storage).
         os.chdir(spec["cwd"])
-    runtime = DistributedRuntime(
+    runtime = runtime_cls(
         device,
         local_rank=local_rank,
         node_rank=node_rank,
@@ -634,8 +637,8 @@ def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0)
     output = trainer._run(fn, model, **kwargs)
     if fn == "predict":
         output = _gather_predictions(runtime, trainer, output)
+    runtime.teardown()  # first: FSDP gathers the full weights back into the module (a collective)
     results = trainer._export_results() if runtime.is_global_zero else None
-    runtime.teardown()
     if not runtime.is_global_zero:
         return None
     # The version each logger picked (version_N) is decided on rank 0; without it the driver's logger objects
