@@ -218,8 +218,7 @@ def _unshard_in_place(root: nn.Module) -> None:
             if not isinstance(param, DTensor):
                 continue
             if id(param) not in gathered:
-                full = param.full_tensor().detach().clone()
-                gathered[id(param)] = nn.Parameter(full, requires_grad=param.requires_grad)
+                gathered[id(param)] = nn.Parameter(_full_tensor(param), requires_grad=param.requires_grad)
             owner._parameters[name] = gathered[id(param)]
     for m in fsdp_modules:
         state = m._get_fsdp_state()
@@ -241,6 +240,18 @@ def _unshard_in_place(root: nn.Module) -> None:
     for m in root.modules():
         for attr in ("_is_fsdp_managed_module", "_fsdp_use_orig_params"):
             m.__dict__.pop(attr, None)
+
+
+def _full_tensor(param: DTensor) -> torch.Tensor:
+    """The whole parameter, on the device its shard is on. On GPUs the Trainer moves the module to the CPU at
+    the end of fit, before teardown; NCCL only gathers CUDA tensors, so the shard goes back for the gather.
+    (This GPU path has not been run yet.)"""
+    local = param.to_local()
+    mesh = param.device_mesh
+    if local.device.type != mesh.device_type:
+        param = DTensor.from_local(local.to(mesh.device_type), mesh, param.placements, run_check=False,
+                                   shape=param.shape, stride=param.stride())
+    return param.full_tensor().detach().to(local.device).clone()
 
 
 def _forget_composable_state(module: nn.Module) -> None:

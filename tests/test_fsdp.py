@@ -17,9 +17,11 @@ import io
 import os
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _ray_fixtures import ray_cluster  # noqa: F401  (the shared two-node cluster, for the one Ray test)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -312,3 +314,22 @@ def test_fsdp_is_accepted_by_the_ray_launch_plan() -> None:
     from raylit.launch.ray import plan
 
     assert plan(_trainer(devices=2, strategy="fsdp")).num_workers == 2
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # ~60 s on a busy 2-core machine (Ray Train worker start-up), plus the cluster's start
+def test_fsdp_on_ray_workers(ray_cluster) -> None:  # noqa: F811
+    """Through the real launcher: two Ray Train workers pick FSDPRuntime; the driver's model ends with the
+    full, plain weights of the one-process run."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    try:
+        model = FSDPModel()
+        _trainer(devices=2, strategy="fsdp", enable_checkpointing=False).fit(model)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    single = FSDPModel(batch_size=8)
+    _trainer(devices=1, enable_checkpointing=False).fit(single)
+    assert type(model) is FSDPModel and all(type(p.data) is torch.Tensor for p in model.parameters())
+    _assert_close(_plain_sd(single.state_dict()), _plain_sd(model.state_dict()), "FSDP on Ray vs one process")
