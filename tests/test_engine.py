@@ -300,3 +300,83 @@ def test_seed_everything_workers_seeds_each_worker_reproducibly():
     # worker 0 produces batches 0, 2; worker 1 produces 1, 3: seeded workers draw different numbers
     assert first[0] != first[1]
     assert len({x for batch in first for x in batch}) == 8
+
+
+# --- the fused training-batch path ------------------------------------------------------------------------
+class _HookLog(raylit.Callback):
+    """Overrides the per-batch hooks the fused path must still call, in their place."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.calls.append(("start", batch_idx, trainer.global_step))
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer):
+        self.calls.append(("zero_grad", trainer.global_step))
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self.calls.append(("backward", round(float(loss), 6)))
+
+    def on_after_backward(self, trainer, pl_module):
+        self.calls.append(("after_backward", float(pl_module.net[0].weight.grad.abs().sum())))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.calls.append(("optimizer_step", trainer.global_step))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.calls.append(("end", batch_idx, trainer.global_step, round(float(outputs["loss"]), 6)))
+
+
+def _fit_for_paths(tmp_path, name, fused: bool, monkeypatch, with_hooks: bool):
+    from raylit.loop import Loop
+
+    taken = []
+    real = Loop._fast_path_applies
+
+    def decide(self):
+        ok = real(self) if fused else False
+        taken.append(ok)
+        return ok
+
+    monkeypatch.setattr(Loop, "_fast_path_applies", decide)
+    torch.manual_seed(0)
+    model = DropoutModel()
+    hooks = _HookLog()
+    csv = raylit.loggers.CSVLogger(tmp_path, name=name)
+    trainer = raylit.Trainer(max_epochs=2, default_root_dir=tmp_path / name, logger=csv, log_every_n_steps=3,
+                             callbacks=[hooks] if with_hooks else [], enable_progress_bar=False,
+                             enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(model)
+    monkeypatch.setattr(Loop, "_fast_path_applies", real)
+    rows = (tmp_path / name / "version_0" / "metrics.csv").read_text()
+    return taken, _weights(model), hooks.calls, rows, dict(trainer.callback_metrics)
+
+
+@pytest.mark.parametrize("with_hooks", [False, True])
+def test_fused_batch_path_matches_the_general_one(tmp_path, monkeypatch, with_hooks):
+    """The fused path (one optimizer, automatic optimization, no accumulation, 32-bit) trains, logs and calls
+    the overridden batch hooks exactly as the general path does: same weights (bitwise), hook calls, metrics
+    rows and callback metrics."""
+    taken_f, w_f, calls_f, rows_f, cm_f = _fit_for_paths(tmp_path, "fused", True, monkeypatch, with_hooks)
+    taken_g, w_g, calls_g, rows_g, cm_g = _fit_for_paths(tmp_path, "general", False, monkeypatch, with_hooks)
+    assert taken_f == [True, True] and taken_g == [False, False]
+    assert w_f.keys() == w_g.keys() and all(torch.equal(w_f[k], w_g[k]) for k in w_f)
+    assert calls_f == calls_g and rows_f == rows_g
+    assert cm_f.keys() == cm_g.keys() and all(torch.equal(cm_f[k], cm_g[k]) for k in cm_f)
+    if with_hooks:
+        assert [c[0] for c in calls_f[:6]] == ["start", "zero_grad", "backward", "after_backward", "optimizer_step",
+                                               "end"]
+
+
+@pytest.mark.parametrize("kwargs", [dict(accumulate_grad_batches=2), dict(gradient_clip_val=0.5),
+                                    dict(precision="bf16-mixed")])
+def test_fused_batch_path_is_not_used_where_it_does_not_apply(tmp_path, monkeypatch, kwargs):
+    from raylit.loop import Loop
+
+    taken = []
+    real = Loop._fast_path_applies
+    monkeypatch.setattr(Loop, "_fast_path_applies", lambda self: taken.append(real(self)) or taken[-1])
+    raylit.Trainer(max_epochs=1, limit_train_batches=2, default_root_dir=tmp_path, **QUIET, **kwargs,
+                   enable_checkpointing=False).fit(DropoutModel())
+    assert taken == [False]

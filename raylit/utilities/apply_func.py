@@ -26,7 +26,11 @@ def apply_to_collection(data: Any, dtype: type | tuple, function: Callable, *arg
 
 
 def move_data_to_device(batch: Any, device: torch.device | str) -> Any:
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+    # the common batch, a tuple or list of tensors already on the device: nothing to move or rebuild
+    if type(batch) in (tuple, list) and all(type(t) is torch.Tensor and t.device == device for t in batch):
+        return batch
     non_blocking = device.type == "cuda"
 
     def to(t: Any) -> Any:
