@@ -25,12 +25,17 @@ How it fits raylit (everything else is ``DistributedRuntime``'s: collectives, sa
 * ``teardown`` un-shards the module in place (full plain parameters, original class, FSDP hooks removed), so
   after ``fit`` the worker's module is an ordinary module again and rank 0 sends plain weights to the driver.
 
-Precision: ``32-true``, ``64-true``, ``bf16-true`` / ``16-true`` (parameters sharded in that dtype) and
-``bf16-mixed`` (autocast around the step, fp32 sharded parameters and fp32 gradient reduction, as with DDP)
-work; ``16-mixed`` (GradScaler) is only possible on GPUs and has not been run there. Pass ``mp_policy=`` (a
-``MixedPrecisionPolicy``) to let FSDP all-gather in bf16 instead. Runs on CPU with gloo (tested) and on CUDA
-with NCCL (not yet run on a GPU). ``validate``/``test``/``predict`` outside ``fit`` are not sharded: every rank
-holds the whole model, as with DDP.
+Precision (tested against one process): ``32-true``, ``64-true``, ``bf16-true`` (parameters sharded in that
+dtype) and ``bf16-mixed`` (autocast around the step; fp32 sharded parameters and fp32 gradient reduction, as
+with DDP). ``16-true`` should behave like ``bf16-true``; ``16-mixed`` (GradScaler over DTensor gradients) is only
+possible on GPUs and has not been run. ``FSDPRuntime(mp_policy=MixedPrecisionPolicy(...))`` would let FSDP
+all-gather in bf16 instead; the launcher does not set it. Runs on CPU with gloo (tested) and on CUDA with NCCL
+(not yet run on a GPU). ``validate``/``test``/``predict`` outside ``fit`` are not sharded: every rank holds the
+whole model, as with DDP. ``devices=1`` never gets here: the Trainer runs in-process, unsharded.
+
+Not covered: resuming a module that shards itself in ``configure_model`` (its ``load_state_dict`` would get
+full tensors for DTensor parameters; ``wrap_model`` keeps such units, but that path is untested), and
+``find_unused_parameters`` (FSDP2 has no such switch; unused parameters get no gradient).
 """
 
 from __future__ import annotations

@@ -100,9 +100,14 @@ def _trainer(**kwargs) -> raylit.Trainer:
                              "gradient_clip_val": 0.5, **QUIET, **kwargs})
 
 
-# bf16 autocast around the step (parameters, gradients and their reduction stay fp32) and gradient accumulation
-# (FSDP's reduce-scatter is off on the first micro-batch of each step)
-MIXED = {"precision": "bf16-mixed", "accumulate_grad_batches": 2}
+# name: (Trainer arguments, optimizer steps, tolerance vs one process). bf16-mixed: autocast around the step,
+# parameters, gradients and their reduction stay fp32; with gradient accumulation (FSDP's reduce-scatter is off
+# on the first micro-batch of each step). *-true: parameters (and so shards and gathers) in that dtype.
+PRECISION_RUNS = {
+    "bf16-mixed": ({"precision": "bf16-mixed", "accumulate_grad_batches": 2}, 2, 1e-3),
+    "64-true": ({"precision": "64-true"}, 4, 1e-9),
+    "bf16-true": ({"precision": "bf16-true"}, 4, 2e-2),
+}
 
 
 def _plain_sd(sd: dict) -> dict:
@@ -159,9 +164,9 @@ def _check_trainer(rank: int, out_dir: str) -> None:
     _, ddp = _fit(rank, "ddp")
     # Resume FSDP from the mid-epoch checkpoint after step 1 of 4 (epoch 0, batch 1 of 2).
     _, resumed = _fit(rank, "fsdp", ckpt_path=os.path.join(ckpt_dir, "step=1.ckpt"))
-    _, mixed = _fit(rank, "fsdp", **MIXED)
+    runs = [("fsdp", fsdp), ("ddp", ddp), ("resumed", resumed)]
+    runs += [(name, _fit(rank, "fsdp", **kwargs)[1]) for name, (kwargs, _, _) in PRECISION_RUNS.items()]
     if rank == 0:
-        runs = (("fsdp", fsdp), ("ddp", ddp), ("resumed", resumed), ("mixed", mixed))
         results = {name: out["results"] for name, out in runs}
         torch.save({k: {"state_dict": _plain_sd(r["state_dict"]), "global_step": r["state"]["global_step"],
                         "val_loss": r["callback_metrics"]["val_loss"]} for k, r in results.items()},
@@ -271,12 +276,13 @@ def test_fsdp_two_processes(tmp_path) -> None:
     _assert_close(got["fsdp"]["state_dict"], got["resumed"]["state_dict"], "resumed FSDP vs uninterrupted", atol=1e-6)
     assert got["resumed"]["global_step"] == 4
 
-    raylit.seed_everything(5, verbose=False)
-    single_mixed = FSDPModel(batch_size=8)
-    _trainer(devices=1, enable_checkpointing=False, **MIXED).fit(single_mixed)
-    assert got["mixed"]["global_step"] == 2
-    _assert_close(_plain_sd(single_mixed.state_dict()), got["mixed"]["state_dict"], "bf16-mixed + accumulation",
-                  atol=1e-3)
+    for name, (kwargs, steps, atol) in PRECISION_RUNS.items():
+        raylit.seed_everything(5, verbose=False)
+        single_p = FSDPModel(batch_size=8)
+        _trainer(devices=1, enable_checkpointing=False, **kwargs).fit(single_p)
+        assert got[name]["global_step"] == steps
+        assert got[name]["state_dict"]["scale"].dtype == single_p.scale.dtype
+        _assert_close(_plain_sd(single_p.state_dict()), got[name]["state_dict"], name, atol=atol)
 
     # The FSDP checkpoint has the one-process layout: full plain tensors, optimizer state keyed by index.
     fsdp_ckpt = torch.load(tmp_path / "ckpts" / "step=4.ckpt", weights_only=True)
