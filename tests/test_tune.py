@@ -275,6 +275,33 @@ def test_asha_sweep_prunes_trials_and_the_best_checkpoint_reproduces_its_metric(
 
 
 @pytest.mark.slow
+def test_optuna_search_receives_the_logged_metric(ray_instance, storage):
+    """A search algorithm from an optional extra (Optuna, through Ray's OptunaSearch) drives the sweep: it
+    proposes the configs and is told each trial's ``self.log`` value, the one Tune's results hold."""
+    pytest.importorskip("optuna")
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(seed=0)
+    tuner = Tuner(
+        build,
+        trainer=quiet_trainer(max_epochs=2),
+        param_space={"lr": tune.loguniform(1e-3, 1e-1), "batch_size": 16},
+        tune_config=tune.TuneConfig(metric="val_loss", mode="min", search_alg=searcher, num_samples=3,
+                                    max_concurrent_trials=1),
+        run_config=tune.RunConfig(name="optuna", storage_path=storage, verbose=0),
+    )
+    results = tuner.fit()
+    assert len(results) == 3 and not results.errors
+    lrs = sorted(r.config["lr"] for r in results)
+    assert len(set(lrs)) == 3 and all(1e-3 <= lr <= 1e-1 for lr in lrs)
+    study = searcher._ot_study  # what Optuna recorded: the proposed lr and the final val_loss of each trial
+    told = sorted((t.params["lr"], t.value) for t in study.trials if t.value is not None)
+    reported = sorted((r.config["lr"], r.metrics["val_loss"]) for r in results)
+    assert [lr for lr, _ in told] == pytest.approx([lr for lr, _ in reported])
+    assert [v for _, v in told] == pytest.approx([v for _, v in reported])
+
+
+@pytest.mark.slow
 def test_trainer_arguments_are_searched_through_the_param_space(ray_instance, storage):
     tuner = Tuner(
         build,
