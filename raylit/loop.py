@@ -180,7 +180,7 @@ class Loop:
         return not ((batch_idx + 1) % acc == 0 or is_last)
 
     def run_train_batch(self, batch: Any, batch_idx: int, is_last: bool) -> None:
-        trainer, hooks, st, metrics = self.trainer, self.hooks, self.trainer._state, self.metrics
+        hooks, st, metrics = self.hooks, self.trainer._state, self.metrics
         batch = self._transfer(batch, 0)
         metrics.begin_batch(batch)
         hooks.callbacks_hook("on_train_batch_start", batch, batch_idx)
@@ -204,6 +204,11 @@ class Loop:
         st.batch_pending = (batch_idx, is_last, accumulate)
         hooks.callbacks_hook("on_train_batch_end", outputs, batch, batch_idx)
         hooks.module_hook("on_train_batch_end", outputs, batch, batch_idx)
+        self._log_and_finish_batch(batch_idx, is_last, accumulate)
+
+    def _log_and_finish_batch(self, batch_idx: int, is_last: bool, accumulate: bool) -> None:
+        """After ``on_train_batch_end``: the batch's step row to the loggers, then ``_finish_batch``."""
+        trainer, metrics = self.trainer, self.metrics
         log = metrics.end_batch()
         if not accumulate and log and (trainer._should_log_step() or trainer.fast_dev_run):
             metrics.send_to_loggers(log)
@@ -304,11 +309,7 @@ class Loop:
         st.batch_pending = (batch_idx, is_last, False)
         if cbs["on_train_batch_end"] or mods["on_train_batch_end"]:
             self._fast_hook("on_train_batch_end", result, batch, batch_idx)
-        log = metrics.end_batch()
-        if log and (trainer._should_log_step() or trainer.fast_dev_run):
-            metrics.send_to_loggers(log)
-        metrics.in_batch = False
-        self._finish_batch(batch_idx, is_last, False)
+        self._log_and_finish_batch(batch_idx, is_last, False)
 
     def _finish_batch(self, batch_idx: int, is_last: bool, accumulate: bool) -> None:
         """Validation when due, plateau schedulers, and the loggers' step: the end of a training batch."""
