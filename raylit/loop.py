@@ -319,6 +319,8 @@ class Loop:
             if not accumulate:
                 hooks.module_hook("on_validation_model_zero_grad")
             self.run_evaluation("validate")
+            if trainer._val_deadline is not None:
+                trainer._val_deadline.restart()  # a time-based interval counts from the end of the last validation
             trainer.training = True
             self.metrics.store = trainer._train_store
         if not accumulate:

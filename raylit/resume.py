@@ -11,12 +11,12 @@ corrupt or truncated newer file.
 
 import os
 import re
-import time
 import warnings
 from typing import Any
 
 from raylit import fs
 from raylit.callbacks.base import Callback
+from raylit.utilities.clock import SharedDeadline
 
 _NAME = re.compile(r"^resume-step=(\d+)\.ckpt$")
 
@@ -44,10 +44,8 @@ class ResumeCheckpoint(Callback):
         self.every_n_train_steps = every_n_train_steps
         self.every_n_seconds = every_n_seconds
         self.keep = keep
-        self._last_save_time = time.monotonic()
         self._last_saved_step = -1
-        self._next_time_check = 0  # the step at which the time cadence is checked next (see _due)
-        self._checked: tuple[int, float] | None = None  # (step, time) of the last check
+        self._deadline = SharedDeadline(every_n_seconds) if every_n_seconds is not None else None
 
     @property
     def state_key(self) -> str:
@@ -57,8 +55,8 @@ class ResumeCheckpoint(Callback):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = fs.join(trainer.default_root_dir, "resume")
-        self._last_save_time = time.monotonic()
-        self._next_time_check, self._checked = 0, None
+        if self._deadline is not None:
+            self._deadline.restart()
 
     def _due(self, trainer: Any) -> bool:
         step = trainer.global_step
@@ -66,19 +64,10 @@ class ResumeCheckpoint(Callback):
             return False
         if self.every_n_train_steps is not None and step > 0 and step % self.every_n_train_steps == 0:
             return True
-        if self.every_n_seconds is not None and step >= self._next_time_check:
+        if self._deadline is not None:
             # every rank must agree, or the save (a collective in distributed runs) would hang: rank 0's clock
-            # decides. Asking costs a broadcast (~1 ms on gloo), so rank 0 also says at which step to ask next:
-            # about once a second of training (sooner when the save is due sooner), not at every step
-            now = time.monotonic()
-            left = self.every_n_seconds - (now - self._last_save_time)
-            ahead = 1
-            if self._checked is not None:  # steps per second since the last check -> steps in ~1 s
-                rate = (step - self._checked[0]) / max(now - self._checked[1], 1e-9)
-                ahead = max(1, int(rate * min(1.0, max(left, 0.0))))
-            self._checked = (step, now)
-            due, self._next_time_check = trainer.strategy.broadcast((left <= 0, step + ahead))
-            return due
+            # decides, asked about once a second of training (see SharedDeadline)
+            return self._deadline.due(step, trainer.strategy)
         return False
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -88,7 +77,8 @@ class ResumeCheckpoint(Callback):
     def save(self, trainer: Any) -> str:
         path = fs.join(self.dirpath, f"resume-step={trainer.global_step}.ckpt")
         trainer.save_checkpoint(path)
-        self._last_save_time = time.monotonic()
+        if self._deadline is not None:
+            self._deadline.restart()
         self._last_saved_step = trainer.global_step
         if trainer.is_global_zero:
             for old in list_resume_checkpoints(self.dirpath)[self.keep:]:

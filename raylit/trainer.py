@@ -4,6 +4,7 @@ import math
 import os
 import warnings
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, Iterator
 
 import torch
@@ -21,6 +22,7 @@ from raylit.precision import Precision, canonical_precision
 from raylit.runtime import Runtime
 from raylit.state import RunningStage, TrainerFn, TrainerState, TrainerStatus, TrainState
 from raylit.trainer_args import build_callbacks, build_loggers, check_limit, parse_devices, reorder_callbacks
+from raylit.utilities.clock import SharedDeadline
 from raylit.utilities.exceptions import MisconfigurationException
 
 _STRATEGIES = {"auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "single_device", "fsdp",
@@ -203,12 +205,16 @@ class Trainer:
             self.limit_train_batches = self.limit_val_batches = self.overfit_batches
         if val_check_interval is None:
             val_check_interval = 1.0
-        if isinstance(val_check_interval, bool) or not isinstance(val_check_interval, (int, float)) or \
-                val_check_interval <= 0 or (isinstance(val_check_interval, float) and val_check_interval > 1.0):
+        self._val_check_seconds = _val_check_seconds(val_check_interval)  # time-based (Lightning 2.6), or None
+        if self._val_check_seconds is None and (
+                isinstance(val_check_interval, bool) or not isinstance(val_check_interval, (int, float))
+                or val_check_interval <= 0 or (isinstance(val_check_interval, float) and val_check_interval > 1.0)):
             raise MisconfigurationException(
-                f"`val_check_interval` should be an int > 0 (every N training batches) or a float in (0.0, 1.0] "
-                f"(a fraction of the training epoch), got {val_check_interval!r}.")
+                f"`val_check_interval` should be an int > 0 (every N training batches), a float in (0.0, 1.0] "
+                f"(a fraction of the training epoch) or a time interval ('DD:HH:MM:SS', a timedelta or a dict of "
+                f"timedelta arguments), got {val_check_interval!r}.")
         self.val_check_interval = val_check_interval
+        self._val_deadline: SharedDeadline | None = None
         if check_val_every_n_epoch is not None and (not isinstance(check_val_every_n_epoch, int) or
                                                     check_val_every_n_epoch < 1):
             raise MisconfigurationException(
@@ -265,6 +271,7 @@ class Trainer:
             self.max_steps, self.max_epochs = n, 1
             self.num_sanity_val_steps = 0
             self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
+            self._val_check_seconds = None  # time is not applicable in fast_dev_run
 
         # --- where things go ----------------------------------------------------------------------------
         self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else None
@@ -523,7 +530,7 @@ class Trainer:
         return self._eval_limits("predict") if self._predict_loaders is not None else []
 
     @property
-    def val_check_batch(self) -> int | float:
+    def val_check_batch(self) -> int | float | None:
         return self._val_check_batch
 
     @property
@@ -862,7 +869,12 @@ class Trainer:
         self._num_training_batches = limit_batches(loader, self.limit_train_batches, "train")
         interval = self.val_check_interval
         n = self._num_training_batches
-        if isinstance(interval, int):
+        if self._val_check_seconds is not None:
+            # time-based: validation when the interval has passed since the training data was loaded or since
+            # the last validation ended (not at every epoch end); rank 0's clock decides for every rank
+            self._val_check_batch = None
+            self._val_deadline = SharedDeadline(self._val_check_seconds)
+        elif isinstance(interval, int):
             if n != math.inf and interval > n and self.check_val_every_n_epoch is not None:
                 raise ValueError(
                     f"`val_check_interval` ({interval}) must be less than or equal to the number of the training "
@@ -938,6 +950,8 @@ class Trainer:
             return True
         if self.should_stop and self._engine._can_stop_early():
             return True
+        if self._val_deadline is not None:
+            return self._val_deadline.due(total_batches, self.strategy)
         if isinstance(self.limit_train_batches, int) and vcb == math.inf:
             return (batch_idx + 1) % self.limit_train_batches == 0
         if vcb != math.inf:
@@ -1091,3 +1105,21 @@ def _print_results(results: list[dict[str, float]], fn: str) -> None:
     print(line)
 
 
+def _val_check_seconds(value: Any) -> float | None:
+    """Seconds of a time-based ``val_check_interval`` ("DD:HH:MM:SS", a timedelta, or a dict of timedelta
+    arguments); None for a batch count or fraction."""
+    if not isinstance(value, (str, dict, timedelta)):
+        return None
+    try:
+        if isinstance(value, str):
+            days, hours, minutes, seconds = (int(part) for part in value.split(":"))
+            value = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        elif isinstance(value, dict):
+            value = timedelta(**value)
+    except (TypeError, ValueError) as err:
+        raise MisconfigurationException(
+            f"`val_check_interval={value!r}` is not a valid time interval: expected 'DD:HH:MM:SS' (integers), a "
+            "datetime.timedelta, or a dict of timedelta arguments such as {'minutes': 30}.") from err
+    if value.total_seconds() < 0:
+        raise MisconfigurationException(f"`val_check_interval={value!r}`: a time interval must not be negative.")
+    return value.total_seconds()

@@ -445,3 +445,45 @@ def test_trainer_on_two_processes(tmp_path) -> None:
     """fit (with sanity check and a rank-0 progress bar over sync_dist metrics: the case that used to abort
     with a collective mismatch), validate, test and predict through ``run_worker``."""
     _spawn("_check_trainer", tmp_path)
+
+
+# --- time-based decisions ---------------------------------------------------------------------------------------
+def _check_shared_deadline(rt: DistributedRuntime, rank: int) -> None:
+    import time
+
+    from raylit import Callback, Trainer
+    from raylit.launch.ray import run_worker
+    from raylit.utilities.clock import SharedDeadline
+
+    # the ranks' clocks disagree (as after a slow first batch on one of them): rank 0's decides for both
+    for rank0_due in (True, False):
+        deadline = SharedDeadline(10.0)
+        own_due = rank0_due if rank == 0 else not rank0_due
+        deadline._start = time.monotonic() - (100.0 if own_due else -100.0)
+        answers = [deadline.due(count, rt) for count in range(6)]
+        everyone = rt.all_gather_object(answers)
+        assert everyone[0] == everyone[1], everyone
+        assert any(answers) == rank0_due, answers
+
+    # a time-based val_check_interval: every rank validates at the same batches (0 s: after every batch)
+    class CountValidations(Callback):
+        def __init__(self):
+            self.ends = []
+
+        def on_validation_end(self, trainer, pl_module):
+            self.ends.append(trainer.global_step)
+
+    counter = CountValidations()
+    trainer = Trainer(accelerator="cpu", devices=2, max_epochs=2, logger=False, enable_checkpointing=False,
+                      enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                      val_check_interval="00:00:00:00", callbacks=[counter])
+    spec = {"trainer": trainer, "model": _lightning_module(), "fn": "fit", "kwargs": {}, "seed": "5", "cwd": None}
+    run_worker(spec, "cpu", local_rank=rank)
+    ends = rt.all_gather_object(counter.ends)
+    assert ends[0] == ends[1] == [1, 2, 3, 4], ends  # 2 batches per rank and epoch, 2 epochs
+
+
+def test_time_based_decisions_follow_rank_zero(tmp_path) -> None:
+    """``SharedDeadline`` (time-based val_check_interval, ResumeCheckpoint(every_n_seconds)) gives every rank
+    rank 0's answer, so a collective that follows it cannot hang on a rank whose clock disagrees."""
+    _spawn("_check_shared_deadline", tmp_path)

@@ -632,6 +632,10 @@ def numeric_classes(pl):
         def on_train_start(self, trainer, pl_module):
             for a in ATTRS:
                 v = getattr(trainer, a, "<missing>")
+                if a == "val_check_interval" and (v == "<missing>" or isinstance(v, (str, dict))):
+                    # deliberate difference: Lightning 2.6 leaves the attribute unset for a time-based
+                    # interval (reading it raises); raylit keeps the value the user passed
+                    continue
                 v = getattr(v, "value", v)
                 self.attrs[a] = list(v) if isinstance(v, (list, tuple)) else v
 
@@ -684,6 +688,9 @@ NUMERIC_CONFIGS = {
         {"max_epochs": 3, "val_check_interval": 4, "check_val_every_n_epoch": None},
     ),
     "val_check_interval_float": ({"train_len": 8}, {"max_epochs": 1, "val_check_interval": 0.25}),
+    # time-based (new in Lightning 2.6): 0 s validates after every batch, a day never (not even at epoch end)
+    "val_check_interval_time_zero": ({"train_len": 6}, {"max_epochs": 2, "val_check_interval": "00:00:00:00"}),
+    "val_check_interval_time_one_day": ({"train_len": 6}, {"max_epochs": 2, "val_check_interval": {"days": 1}}),
     "on_train_batch_start_minus_one": ({"skip_at": 2}, {"max_epochs": 2}),
     "should_stop_in_batch": ({"stop_at": ("batch", 0, 1)}, {"max_epochs": 3}),
     "should_stop_with_min_epochs": ({"stop_at": ("epoch", 0)}, {"max_epochs": 5, "min_epochs": 3}),
@@ -791,6 +798,9 @@ def test_numeric_programs_train(tmp_path, lightning_reference):
     assert get("sgd")["global_step"] == 8 and get("sgd")["current_epoch"] == 2
     assert get("accumulate_3_of_5")["global_step"] == 4  # ceil(5 / 3) per epoch
     assert get("max_steps_mid_epoch")["global_step"] == 3
+    assert get("val_check_interval_time_zero")["counts"]["validation_step"] == 2 * 3 * 2 + 2  # 2 epochs x 3 batches x 2 val batches + sanity
+    assert "validation_step" not in get("val_check_interval_time_one_day")["counts"] or \
+        get("val_check_interval_time_one_day")["counts"]["validation_step"] == 2  # the sanity check only
     assert get("fast_dev_run_true")["counts"] == {
         "training_step": 1,
         "validation_step": 1,
@@ -1108,6 +1118,8 @@ ERROR_CASES = {
         ["val_check_interval"],
     ),
     "bad_gradient_clip_val_type": ("Base", {"gradient_clip_val": "big"}, "fit", ["gradient_clip_val"]),
+    "bad_val_check_time_string": ("WithValidation", {"val_check_interval": "00:01:xx:00"}, "fit",
+                                  ["val_check_interval"]),
 }
 
 
