@@ -151,6 +151,30 @@ def _fit(rank: int, strategy: str, callbacks=(), ckpt_path=None, **trainer_kwarg
     return model, out
 
 
+def _check_summary_with_example_input(rank: int) -> None:
+    """ModelSummary's example forward is a collective under FSDP: it runs on every rank (rank 0 alone used to
+    wait forever), and only rank 0 reports the table."""
+    from raylit.callbacks import ModelSummary
+    from raylit.launch.ray import run_worker
+
+    tables = []
+
+    class Capture(ModelSummary):
+        @staticmethod
+        def summarize(summary_data, *args, **kwargs):
+            tables.append(dict(summary_data))
+
+    model = FSDPModel()
+    model.example_input_array = torch.zeros(3, 4)
+    trainer = _trainer(devices=2, strategy="fsdp", max_epochs=1, limit_train_batches=1, callbacks=[Capture()])
+    run_worker({"trainer": trainer, "model": model, "fn": "fit", "kwargs": {}, "seed": "5", "cwd": None}, "cpu",
+               local_rank=rank)
+    if rank == 0:
+        assert len(tables) == 1 and "Out sizes" in tables[0], tables  # the example forward ran
+    else:
+        assert tables == []
+
+
 def _check_trainer(rank: int, out_dir: str) -> None:
     from raylit.callbacks import ModelCheckpoint
 
@@ -162,6 +186,7 @@ def _check_trainer(rank: int, out_dir: str) -> None:
     _assert_close(everyone[0], everyone[1], "ranks hold the same full weights after fit", atol=0)
 
     _, ddp = _fit(rank, "ddp")
+    _check_summary_with_example_input(rank)
     # Resume FSDP from the mid-epoch checkpoint after step 1 of 4 (epoch 0, batch 1 of 2).
     _, resumed = _fit(rank, "fsdp", ckpt_path=os.path.join(ckpt_dir, "step=1.ckpt"))
     runs = [("fsdp", fsdp), ("ddp", ddp), ("resumed", resumed)]

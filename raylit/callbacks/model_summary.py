@@ -174,9 +174,15 @@ class ModelSummary(Callback):
         self._summarize_kwargs = summarize_kwargs
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if not self._max_depth or not trainer.is_global_zero:
+        if not self._max_depth:
+            return
+        # The example forward runs on every rank, as in Lightning: under FSDP a forward is a collective
+        # (parameters are gathered), and a rank-0-only forward would wait forever for the others.
+        if not trainer.is_global_zero and getattr(pl_module, "example_input_array", None) is None:
             return
         s = summarize(pl_module, self._max_depth, str(getattr(trainer, "precision", "32-true")))
+        if not trainer.is_global_zero:
+            return
         self.summarize(
             s.columns,
             s.total_parameters,
