@@ -7,6 +7,7 @@ from typing import Any, Iterable, Iterator
 
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
+from raylit.ray_data import RayDataLoader, as_loader, is_ray_data  # noqa: F401  (RayDataLoader: public here)
 from raylit.utilities.exceptions import MisconfigurationException
 
 
@@ -71,16 +72,22 @@ def as_eval_list(obj: Any) -> list:
     if obj is None:
         return []
     if isinstance(obj, dict):
-        return list(obj.values())
+        return [as_loader(x) for x in obj.values()]
     if isinstance(obj, (list, tuple)):
-        return list(obj)
-    return [obj]
+        return [as_loader(x) for x in obj]
+    return [as_loader(obj)]
 
 
 def as_train_loader(obj: Any) -> Any:
+    """The training loader(s); a bare ``ray.data.Dataset`` is read through a default ``RayDataLoader``."""
     if isinstance(obj, (list, tuple, dict)):
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        if any(is_ray_data(x) for _, x in items):
+            raise MisconfigurationException(
+                "Several training loaders including a Ray Dataset are not supported: a CombinedLoader needs "
+                "lengths; merge the datasets with ray.data (union/zip) into one RayDataLoader instead")
         return CombinedTrainLoader(obj)
-    return obj
+    return as_loader(obj)
 
 
 def lookahead(iterable: Iterable, limit: int | float, skip: int = 0) -> Iterator[tuple[int, Any, bool]]:

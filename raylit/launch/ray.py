@@ -349,14 +349,25 @@ def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
     import ray
     from ray.train.torch import TorchTrainer
 
+    from raylit import ray_data
     from raylit.launch import fault
 
-    cpus_needed = p.num_workers if p.explicit_scaling is False else 0
+    # Ray Data's tasks need CPUs beyond the workers' (raylit/ray_data.py). A private local Ray always gets one
+    # logical CPU to spare, since datasets made in setup() are invisible here; on a cluster we size the workers
+    # when the driver can see the Dataset, and rank 0 checks the real placement before splitting it.
+    data_cpus = ray_data.data_cpus_needed(model, *kwargs.values())
+    cpus_needed = p.num_workers + max(1.0, data_cpus or 0.0) if p.explicit_scaling is False else 0
     gpus_needed = p.num_workers if p.use_gpu else 0
     connect(cpus_needed, gpus_needed)
-    cluster_gpus = ray.cluster_resources().get("GPU", 0)
-    scaling = scaling_config(trainer, p, cluster_gpus)
+    cluster = ray.cluster_resources()
+    cluster_gpus = cluster.get("GPU", 0)
+    cpus_per_worker = 1.0
+    if data_cpus is not None and not p.explicit_scaling:
+        cpus_per_worker = ray_data.worker_cpus(cluster.get("CPU", 0.0), p.num_workers, data_cpus)
+    scaling = scaling_config(trainer, p, cluster_gpus, cpus_per_worker)
     check_resources(scaling, p)
+    if data_cpus is not None:
+        ray_data.check_scaling(scaling, cluster.get("CPU", 0.0), data_cpus)
 
     payload_ref = ray.put(payload)
     relay = _ConsoleRelay.start(ray)
