@@ -5,10 +5,10 @@ import os
 
 import pytest
 import torch
+from test_engine import QUIET, DropoutModel, _Crash, _fit_uninterrupted, _weights
 
 import raylit
 from raylit.resume import ResumeCheckpoint, latest_resume_checkpoint, list_resume_checkpoints
-from test_engine import QUIET, DropoutModel, _Crash, _fit_uninterrupted, _weights
 
 
 class CrashAt(raylit.Callback):

@@ -80,16 +80,16 @@ class Logger(ABC):
     @abstractmethod
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None: ...
 
-    def log_graph(self, model: Any, input_array: Any = None) -> None:
+    def log_graph(self, model: Any, input_array: Any = None) -> None:  # noqa: B027 - optional, no-op by default
         pass
 
-    def save(self) -> None:
+    def save(self) -> None:  # noqa: B027 - optional, no-op by default
         pass
 
     def finalize(self, status: str) -> None:
         self.save()
 
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:  # noqa: B027 - optional, no-op by default
         pass
 
 
