@@ -3,6 +3,7 @@
 reporting at epoch ends.
 
     .venv/bin/python benchmarks/bench_ray.py [--steps 300] [--epochs 3] [--repeats 2] [--poll SECONDS]
+    .venv/bin/python benchmarks/bench_ray.py --paired 10 [--steps 300]   # step time only, load-cancelling
 
 All variants run in this one process, one after the other, on one private ``ray.init(num_cpus=2)``. They
 share the model (an MLP 32-64-64-1), the synthetic regression data (``2 x steps x batch`` rows, so each of the 2
