@@ -137,6 +137,8 @@ def test_model_checkpoint_defaults_and_dirpath(tmp_path):
 # ModelCheckpoint: top-k bookkeeping, the same scripted run through both libraries' callbacks
 # ----------------------------------------------------------------------------------------------------------
 class _FakeStrategy:
+    world_size = 1
+
     def broadcast(self, obj, src=0):
         return obj
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from raylit import fs
 from raylit.callbacks.checkpoint import Checkpoint
+from raylit.utilities.clock import SharedDeadline
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -145,6 +146,8 @@ class ModelCheckpoint(Checkpoint):
         self._last_global_step_saved = 0  # nothing to save before the first optimizer step
         self._last_checkpoint_saved = ""
         self._last_time_checked: float | None = None
+        self._time_deadline: SharedDeadline | None = None
+        self._batches_seen = 0
         self._defer_save_until_validation = False  # a step/time save waits for the monitored val metric
         self._val_has_run = False  # a real (non-sanity) validation batch ran in this fit
 
@@ -200,6 +203,9 @@ class ModelCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_time_checked = time.monotonic()
+        if self._train_time_interval is not None:
+            self._time_deadline = SharedDeadline(self._train_time_interval.total_seconds())
+            self._batches_seen = 0
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         # Lightning raises for a missing monitor key only once validation has really run.
@@ -210,14 +216,14 @@ class ModelCheckpoint(Checkpoint):
         """Step- and time-based saving."""
         step_due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
         time_due = False
-        if self._train_time_interval is not None:
-            now = time.monotonic()
-            last = self._last_time_checked
-            time_due = last is not None and now - last >= self._train_time_interval.total_seconds()
-            # Clocks differ across ranks: rank 0 decides for everyone so that no rank waits alone in a save.
-            time_due = trainer.strategy.broadcast(time_due)
+        if self._train_time_interval is not None and self._time_deadline is not None:
+            # Clocks differ across ranks: rank 0's decides for everyone so that no rank waits alone in a save
+            # (asked about once a second of training, not with a broadcast every batch; see SharedDeadline)
+            self._batches_seen += 1
+            time_due = self._time_deadline.due(self._batches_seen, trainer.strategy)
             if time_due:
-                self._last_time_checked = now
+                self._time_deadline.restart()
+                self._last_time_checked = time.monotonic()
         if not (step_due or time_due):
             return
         candidates = self._monitor_candidates(trainer)
