@@ -229,12 +229,13 @@ def handwritten_train_func(config: dict) -> None:
         clock.dump()
 
 
-def run_handwritten(args, out: str, root: str) -> float:
+def _run_torch_trainer(train_func, args, out: str, root: str) -> float:
+    """Both baselines: the train function on a 2-worker ``TorchTrainer``; returns the driver's start time."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
-        handwritten_train_func,
+        train_func,
         train_loop_config={"out": out, "rows": 2 * args.steps * args.batch, "batch": args.batch,
                            "epochs": args.epochs},
         scaling_config=ray.train.ScalingConfig(num_workers=2),
@@ -243,6 +244,10 @@ def run_handwritten(args, out: str, root: str) -> float:
     t0 = time.time()
     trainer.fit()
     return t0
+
+
+def run_handwritten(args, out: str, root: str) -> float:
+    return _run_torch_trainer(handwritten_train_func, args, out, root)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -280,19 +285,7 @@ def lightning_train_func(config: dict) -> None:
 
 
 def run_lightning(args, out: str, root: str) -> float:
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    trainer = TorchTrainer(
-        lightning_train_func,
-        train_loop_config={"out": out, "rows": 2 * args.steps * args.batch, "batch": args.batch,
-                           "epochs": args.epochs},
-        scaling_config=ray.train.ScalingConfig(num_workers=2),
-        run_config=ray.train.RunConfig(name=Path(out).stem, storage_path=root),
-    )
-    t0 = time.time()
-    trainer.fit()
-    return t0
+    return _run_torch_trainer(lightning_train_func, args, out, root)
 
 
 RUNNERS = {"raylit": run_raylit, "handwritten": run_handwritten, "lightning": run_lightning}
