@@ -219,6 +219,9 @@ def ray_cluster():
     """The shared two-node cluster, with this process connected as a driver. Yields the LocalCluster."""
     import ray
 
+    if ray.is_initialized():  # e.g. a test module imported this fixture: a second copy would end the first's run
+        raise RuntimeError("ray_cluster: Ray is already initialised in this process; use the conftest fixture, do "
+                           "not import ray_cluster into a test module")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # match the raylets (see module docstring)
     cluster = LocalCluster()
     try:

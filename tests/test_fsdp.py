@@ -21,7 +21,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from _ray_fixtures import ray_cluster  # noqa: F401  (the shared two-node cluster, for the one Ray test)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -349,7 +348,7 @@ def test_fsdp_is_accepted_by_the_ray_launch_plan() -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow  # ~60 s on a busy 2-core machine (Ray Train worker start-up), plus the cluster's start
-def test_fsdp_on_ray_workers(ray_cluster) -> None:  # noqa: F811
+def test_fsdp_on_ray_workers(ray_cluster) -> None:
     """Through the real launcher: two Ray Train workers pick FSDPRuntime; the driver's model ends with the
     full, plain weights of the one-process run."""
     from ray import cloudpickle
