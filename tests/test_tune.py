@@ -274,31 +274,46 @@ def test_asha_sweep_prunes_trials_and_the_best_checkpoint_reproduces_its_metric(
     assert wait_for_cpus(2.0) >= 2.0  # every stopped trial gave its CPU back
 
 
-@pytest.mark.slow
-def test_optuna_search_receives_the_logged_metric(ray_instance, storage):
-    """A search algorithm from an optional extra (Optuna, through Ray's OptunaSearch) drives the sweep: it
-    proposes the configs and is told each trial's ``self.log`` value, the one Tune's results hold."""
-    pytest.importorskip("optuna")
-    from ray.tune.search.optuna import OptunaSearch
+def _optuna_told(searcher) -> list[tuple[float, float]]:
+    return [(t.params["lr"], t.value) for t in searcher._ot_study.trials if t.value is not None]
 
-    searcher = OptunaSearch(seed=0)
+
+def _hyperopt_told(searcher) -> list[tuple[float, float]]:
+    trials = searcher._hpopt_trials.trials
+    return [(t["misc"]["vals"]["lr"][0], t["result"]["loss"]) for t in trials if "loss" in t["result"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("package", ["optuna", "hyperopt"])
+def test_search_algorithm_receives_the_logged_metric(ray_instance, storage, package):
+    """Search algorithms from the optional extras (Optuna and HyperOpt, through Ray's OptunaSearch and
+    HyperOptSearch) drive the sweep: they propose the configs and are told each trial's ``self.log`` value, the
+    one Tune's results hold."""
+    pytest.importorskip(package)
+    if package == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher, told = OptunaSearch(seed=0), _optuna_told
+    else:
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        searcher, told = HyperOptSearch(random_state_seed=0), _hyperopt_told
     tuner = Tuner(
         build,
         trainer=quiet_trainer(max_epochs=2),
         param_space={"lr": tune.loguniform(1e-3, 1e-1), "batch_size": 16},
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", search_alg=searcher, num_samples=3,
                                     max_concurrent_trials=1),
-        run_config=tune.RunConfig(name="optuna", storage_path=storage, verbose=0),
+        run_config=tune.RunConfig(name=package, storage_path=storage, verbose=0),
     )
     results = tuner.fit()
     assert len(results) == 3 and not results.errors
     lrs = sorted(r.config["lr"] for r in results)
     assert len(set(lrs)) == 3 and all(1e-3 <= lr <= 1e-1 for lr in lrs)
-    study = searcher._ot_study  # what Optuna recorded: the proposed lr and the final val_loss of each trial
-    told = sorted((t.params["lr"], t.value) for t in study.trials if t.value is not None)
+    recorded = sorted(told(searcher))  # what the library recorded: the proposed lr and that trial's val_loss
     reported = sorted((r.config["lr"], r.metrics["val_loss"]) for r in results)
-    assert [lr for lr, _ in told] == pytest.approx([lr for lr, _ in reported])
-    assert [v for _, v in told] == pytest.approx([v for _, v in reported])
+    assert [lr for lr, _ in recorded] == pytest.approx([lr for lr, _ in reported])
+    assert [v for _, v in recorded] == pytest.approx([v for _, v in reported])
 
 
 @pytest.mark.slow
