@@ -241,6 +241,12 @@ class Loop:
         if takes is None:
             takes = self._step_takes_idx["training_step"] = _accepts(self.module.training_step, "batch_idx", 2)
         self._fast_takes_idx = takes
+        cbs, mods = self._fast_callbacks, self._fast_module
+        self._fast_grad_hooked = any(cbs[n] or mods[n] for n in ("on_before_zero_grad", "on_before_backward",
+                                                                  "on_after_backward"))
+        d = self._default
+        self._fast_plain_transfer = d["transfer_batch_to_device"] and d["on_before_batch_transfer"] and \
+            d["on_after_batch_transfer"]  # (no dtype conversion: 32-bit only, see above)
         return True
 
     def _fast_hook(self, name: str, *args: Any) -> Any:
@@ -255,18 +261,17 @@ class Loop:
         """``run_train_batch`` for the common case (see above): the same hooks, state and order."""
         trainer, st, metrics, module = self.trainer, self.trainer._state, self.metrics, self.module
         cbs, mods = self._fast_callbacks, self._fast_module
-        batch = self._transfer(batch, 0)
+        runtime = self.runtime
+        batch = move_data_to_device(batch, runtime.device) if self._fast_plain_transfer else self._transfer(batch, 0)
         metrics.begin_batch(batch)
         if cbs["on_train_batch_start"] or mods["on_train_batch_start"]:
             if self._fast_hook("on_train_batch_start", batch, batch_idx) == -1:
                 self._update_lr_schedulers("epoch", plateau=False)
                 raise _StopEpoch
-        optimizer = trainer.optimizers[0]
-        runtime, wrapped = self.runtime, trainer.model
+        optimizer, wrapped = trainer.optimizers[0], trainer._model
         args = (batch, batch_idx) if self._fast_takes_idx else (batch,)
         result: dict[str, Any] = {}
-        hooked = cbs["on_before_zero_grad"] or mods["on_before_zero_grad"] or cbs["on_before_backward"] or \
-            mods["on_before_backward"] or cbs["on_after_backward"] or mods["on_after_backward"]
+        hooked = self._fast_grad_hooked
 
         def closure() -> torch.Tensor | None:
             fx = module.__dict__
@@ -279,7 +284,7 @@ class Loop:
             if out is None and trainer.world_size > 1:
                 raise RuntimeError("Skipping the `training_step` by returning None in distributed training is not "
                                    "supported: all ranks must run backward so gradients can be synchronised.")
-            loss, extra = _split_training_output(out)
+            loss, extra = (out, None) if type(out) is torch.Tensor else _split_training_output(out)
             if hooked:
                 self._fast_hook("on_before_zero_grad", optimizer)
             optimizer.zero_grad()
