@@ -4,7 +4,6 @@ import logging
 import os
 import re
 import shutil
-import time
 import warnings
 from copy import deepcopy
 from datetime import timedelta
@@ -145,7 +144,6 @@ class ModelCheckpoint(Checkpoint):
         # Run-time bookkeeping (not saved).
         self._last_global_step_saved = 0  # nothing to save before the first optimizer step
         self._last_checkpoint_saved = ""
-        self._last_time_checked: float | None = None
         self._time_deadline: SharedDeadline | None = None
         self._batches_seen = 0
         self._defer_save_until_validation = False  # a step/time save waits for the monitored val metric
@@ -202,7 +200,6 @@ class ModelCheckpoint(Checkpoint):
             self._val_has_run = False
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._last_time_checked = time.monotonic()
         if self._train_time_interval is not None:
             self._time_deadline = SharedDeadline(self._train_time_interval.total_seconds())
             self._batches_seen = 0
@@ -216,14 +213,13 @@ class ModelCheckpoint(Checkpoint):
         """Step- and time-based saving."""
         step_due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
         time_due = False
-        if self._train_time_interval is not None and self._time_deadline is not None:
+        if self._time_deadline is not None:
             # Clocks differ across ranks: rank 0's decides for everyone so that no rank waits alone in a save
             # (asked about once a second of training, not with a broadcast every batch; see SharedDeadline)
             self._batches_seen += 1
             time_due = self._time_deadline.due(self._batches_seen, trainer.strategy)
             if time_due:
                 self._time_deadline.restart()
-                self._last_time_checked = time.monotonic()
         if not (step_due or time_due):
             return
         candidates = self._monitor_candidates(trainer)

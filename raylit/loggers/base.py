@@ -8,11 +8,13 @@ The Trainer calls, on global rank 0 only:
 """
 
 import functools
+import os
 from abc import ABC, abstractmethod
 from argparse import Namespace
 from collections.abc import Callable
 from typing import Any
 
+from raylit.loggers._utils import _next_version
 from raylit.utilities.rank_zero import rank_zero_only
 
 
@@ -138,8 +140,6 @@ class _VersionedLogger(Logger):
     def version(self) -> int | str:
         """The version given, or (decided on first access) one more than the largest ``version_N`` on disk."""
         if self._version is None:
-            from raylit.loggers._utils import _next_version
-
             self._version = _next_version(self.root_dir)
         return self._version
 
@@ -150,6 +150,4 @@ class _VersionedLogger(Logger):
     @property
     def root_dir(self) -> str:
         """``save_dir/name``: the folder holding the version folders (checkpoints go to ``log_dir``)."""
-        import os
-
         return os.path.join(self.save_dir, self.name)
