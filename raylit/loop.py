@@ -46,13 +46,15 @@ class Loop:
         self._default = {name: self.hooks.uses_default(name) for name in (
             "transfer_batch_to_device", "optimizer_step", "optimizer_zero_grad", "backward",
             "configure_gradient_clipping", "on_before_batch_transfer", "on_after_batch_transfer")}
+        d = self._default
+        self._plain_transfer = d["transfer_batch_to_device"] and d["on_before_batch_transfer"] and \
+            d["on_after_batch_transfer"]  # no transfer hook overridden: batches are just moved
 
     # --- shared pieces ----------------------------------------------------------------------------------
     def _transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        hooks, default = self.hooks, self._default
+        hooks = self.hooks
         batch = self.precision.convert_input(batch)
-        if default["transfer_batch_to_device"] and default["on_before_batch_transfer"] and \
-                default["on_after_batch_transfer"]:
+        if self._plain_transfer:
             return move_data_to_device(batch, self.runtime.device)
         batch = hooks.data_hook("on_before_batch_transfer", batch, dataloader_idx)
         batch = hooks.data_hook("transfer_batch_to_device", batch, self.runtime.device, dataloader_idx)
@@ -180,7 +182,7 @@ class Loop:
         return not ((batch_idx + 1) % acc == 0 or is_last)
 
     def run_train_batch(self, batch: Any, batch_idx: int, is_last: bool) -> None:
-        hooks, st, metrics = self.hooks, self.trainer._state, self.metrics
+        hooks, metrics = self.hooks, self.metrics
         batch = self._transfer(batch, 0)
         metrics.begin_batch(batch)
         hooks.callbacks_hook("on_train_batch_start", batch, batch_idx)
@@ -197,14 +199,18 @@ class Loop:
             self._update_lr_schedulers("step", plateau=False, batch_idx=batch_idx)
         if is_last:
             self._update_lr_schedulers("epoch", plateau=False)
-        # the batch is trained: a checkpoint written from here on resumes after it, and records that its
-        # validation and logger step are still to come (see _finish_batch)
-        st.epoch_batches += 1
-        st.total_batches += 1
-        st.batch_pending = (batch_idx, is_last, accumulate)
+        self._batch_trained(batch_idx, is_last, accumulate)
         hooks.callbacks_hook("on_train_batch_end", outputs, batch, batch_idx)
         hooks.module_hook("on_train_batch_end", outputs, batch, batch_idx)
         self._log_and_finish_batch(batch_idx, is_last, accumulate)
+
+    def _batch_trained(self, batch_idx: int, is_last: bool, accumulate: bool) -> None:
+        """The batch is trained: a checkpoint written from here on resumes after it, and records that its
+        validation and logger step are still to come (see _finish_batch)."""
+        st = self.trainer._state
+        st.epoch_batches += 1
+        st.total_batches += 1
+        st.batch_pending = (batch_idx, is_last, accumulate)
 
     def _log_and_finish_batch(self, batch_idx: int, is_last: bool, accumulate: bool) -> None:
         """After ``on_train_batch_end``: the batch's step row to the loggers, then ``_finish_batch``."""
@@ -244,9 +250,6 @@ class Loop:
         cbs, mods = self._fast_callbacks, self._fast_module
         self._fast_grad_hooked = any(cbs[n] or mods[n] for n in ("on_before_zero_grad", "on_before_backward",
                                                                   "on_after_backward"))
-        d = self._default
-        self._fast_plain_transfer = d["transfer_batch_to_device"] and d["on_before_batch_transfer"] and \
-            d["on_after_batch_transfer"]  # (no dtype conversion: 32-bit only, see above)
         return True
 
     def _fast_hook(self, name: str, *args: Any) -> Any:
@@ -262,7 +265,8 @@ class Loop:
         trainer, st, metrics, module = self.trainer, self.trainer._state, self.metrics, self.module
         cbs, mods = self._fast_callbacks, self._fast_module
         runtime = self.runtime
-        batch = move_data_to_device(batch, runtime.device) if self._fast_plain_transfer else self._transfer(batch, 0)
+        # 32-bit only (see above): no dtype conversion, so a plain transfer is just the move
+        batch = move_data_to_device(batch, runtime.device) if self._plain_transfer else self._transfer(batch, 0)
         metrics.begin_batch(batch)
         if cbs["on_train_batch_start"] or mods["on_train_batch_start"]:
             if self._fast_hook("on_train_batch_start", batch, batch_idx) == -1:
@@ -309,9 +313,7 @@ class Loop:
             self._update_lr_schedulers("step", plateau=False, batch_idx=batch_idx)
             if is_last:
                 self._update_lr_schedulers("epoch", plateau=False)
-        st.epoch_batches += 1
-        st.total_batches += 1
-        st.batch_pending = (batch_idx, is_last, False)
+        self._batch_trained(batch_idx, is_last, False)
         if cbs["on_train_batch_end"] or mods["on_train_batch_end"]:
             self._fast_hook("on_train_batch_end", result, batch, batch_idx)
         self._log_and_finish_batch(batch_idx, is_last, False)
