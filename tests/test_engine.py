@@ -380,3 +380,14 @@ def test_fused_batch_path_is_not_used_where_it_does_not_apply(tmp_path, monkeypa
     raylit.Trainer(max_epochs=1, limit_train_batches=2, default_root_dir=tmp_path, **QUIET, **kwargs,
                    enable_checkpointing=False).fit(DropoutModel())
     assert taken == [False]
+
+
+@pytest.mark.parametrize("value", ["00:00:01:30", {"minutes": 1, "seconds": 30}, "timedelta"])
+def test_time_based_val_check_interval_keeps_the_value_passed(value):
+    """README: ``trainer.val_check_interval`` keeps a time-based value as given (Lightning leaves it unset);
+    all three forms mean the same interval."""
+    from datetime import timedelta
+
+    value = timedelta(minutes=1, seconds=30) if value == "timedelta" else value
+    trainer = raylit.Trainer(val_check_interval=value, **QUIET)
+    assert trainer.val_check_interval == value and trainer._val_check_seconds == 90.0

@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_distributed import _exit_now
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -131,6 +132,7 @@ def _entry(rank: int, init_file: str, out_dir: str) -> None:
     finally:
         sys.stdout = sys.__stdout__
         dist.destroy_process_group()
+    _exit_now()
 
 
 def _fit(rank: int, strategy: str, callbacks=(), ckpt_path=None, **trainer_kwargs):
