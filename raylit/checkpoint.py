@@ -7,7 +7,6 @@ resumption needs beyond Lightning's counters (RNG streams, the position inside t
 ignores it.
 """
 
-import inspect
 import io
 import os
 import pickle
@@ -68,9 +67,9 @@ def _progress(n: int, started: bool = True, processed: bool = True) -> dict[str,
     return d
 
 
-def loops_state(trainer: Any) -> dict[str, Any]:
+def loops_state(run: Any) -> dict[str, Any]:
     """Lightning's ``loops`` entry, filled from raylit's counters so Lightning resumes at the same point."""
-    st = trainer._state
+    st = run.state
     epoch_done = st.epoch_finished
     batch = {"total": _progress(st.total_batches), "current": _progress(st.epoch_batches),
              "is_last_batch": epoch_done}
@@ -78,7 +77,7 @@ def loops_state(trainer: Any) -> dict[str, Any]:
     epoch = {"ready": started, "started": started, "processed": st.current_epoch + int(epoch_done),
              "completed": st.current_epoch}
     epoch_progress = {"total": dict(epoch), "current": dict(epoch)}
-    auto = trainer.lightning_module.automatic_optimization if trainer.lightning_module else True
+    auto = run.module.automatic_optimization
     steps = st.global_step
     opt_prog = {"optimizer": {"step": {"total": _progress(steps if auto else 0, False, False),
                                        "current": _progress(steps if auto else 0, False, False)},
@@ -108,30 +107,31 @@ def loops_state(trainer: Any) -> dict[str, Any]:
     }
 
 
-def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
-    module = trainer.lightning_module
-    st = trainer._state
+def dump_checkpoint(run: Any, weights_only: bool = False) -> dict[str, Any]:
+    """The checkpoint dict of a run (call on every rank: gathering RNG streams and sharded state is collective)."""
+    module, runtime = run.module, run.runtime
+    st = run.state
     ckpt: dict[str, Any] = {
         "epoch": st.current_epoch,
         "global_step": st.global_step,
         "pytorch-lightning_version": LIGHTNING_VERSION_TAG,
-        "state_dict": trainer._runtime.model_state_dict(module),
-        "loops": loops_state(trainer),
+        "state_dict": runtime.model_state_dict(module),
+        "loops": loops_state(run),
     }
     if not weights_only:
         ckpt["callbacks"] = {}
-        for cb in trainer.callbacks:
+        for cb in run.trainer.callbacks:
             state = cb.state_dict()
             if state:
                 ckpt["callbacks"][cb.state_key] = state
-        ckpt["optimizer_states"] = [trainer._runtime.optimizer_state_dict(module, opt) for opt in trainer.optimizers]
-        ckpt["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
-        if trainer._precision.scaler is not None:
-            ckpt["MixedPrecision"] = trainer._precision.state_dict()
-        ckpt["raylit"] = trainer._resume_state()
+        ckpt["optimizer_states"] = [runtime.optimizer_state_dict(module, opt) for opt in run.optimizers]
+        ckpt["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in run.lr_scheduler_configs]
+        if run.precision.scaler is not None:
+            ckpt["MixedPrecision"] = run.precision.state_dict()
+        ckpt["raylit"] = run.resume_state()
     _put_hparams(ckpt, module, module.CHECKPOINT_HYPER_PARAMS_NAME, module.CHECKPOINT_HYPER_PARAMS_KEY,
                  module.CHECKPOINT_HYPER_PARAMS_TYPE)
-    dm = trainer.datamodule
+    dm = run.datamodule
     if dm is not None:
         _put_hparams(ckpt, dm, dm.CHECKPOINT_HYPER_PARAMS_NAME, dm.CHECKPOINT_HYPER_PARAMS_KEY,
                      dm.CHECKPOINT_HYPER_PARAMS_TYPE)
@@ -139,8 +139,8 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         if dm_state:
             ckpt[type(dm).__qualname__] = dm_state
     if not weights_only:
-        trainer._hooks.callbacks_hook("on_save_checkpoint", ckpt)
-    trainer._hooks.module_hook("on_save_checkpoint", ckpt)
+        run.hooks.callbacks_hook("on_save_checkpoint", ckpt)
+    run.hooks.module_hook("on_save_checkpoint", ckpt)
     return ckpt
 
 
@@ -158,101 +158,37 @@ def _put_hparams(ckpt: dict, obj: Any, name_key: str, key: str, type_key: str) -
 
 
 # --- restore -----------------------------------------------------------------------------------------
-def restore_model_and_callbacks(trainer: Any, ckpt: dict[str, Any]) -> None:
-    module = trainer.lightning_module
-    hooks = trainer._hooks
+def restore_model_and_callbacks(run: Any, ckpt: dict[str, Any]) -> None:
+    module = run.module
+    hooks = run.hooks
     hooks.module_hook("on_load_checkpoint", ckpt)
     module.load_state_dict(ckpt["state_dict"], strict=module.strict_loading)
-    dm = trainer.datamodule
+    dm = run.datamodule
     if dm is not None and type(dm).__qualname__ in ckpt:
         hooks.datamodule_hook("load_state_dict", ckpt[type(dm).__qualname__])
     hooks.callbacks_hook("on_load_checkpoint", ckpt)
     states = ckpt.get("callbacks") or {}
-    for cb in trainer.callbacks:
+    for cb in run.trainer.callbacks:
         state = states.get(cb.state_key, states.get(type(cb).__qualname__) if cb.state_key != type(cb).__qualname__
                            else None)
         if state is not None:
             cb.load_state_dict(state)
 
 
-def restore_training_state(trainer: Any, ckpt: dict[str, Any]) -> None:
+def restore_training_state(run: Any, ckpt: dict[str, Any]) -> None:
     """Optimizers, schedulers, the gradient scaler and loop counters (fit only)."""
     if "optimizer_states" not in ckpt:
         raise KeyError("Trying to restore optimizer state but checkpoint contains only the model. This is "
                        "probably due to `ModelCheckpoint.save_weights_only` being set to `True`.")
-    for opt, state in zip(trainer.optimizers, ckpt["optimizer_states"]):
-        trainer._runtime.load_optimizer_state_dict(trainer.lightning_module, opt, state)
-    for cfg, state in zip(trainer.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
+    runtime = run.runtime
+    for opt, state in zip(run.optimizers, ckpt["optimizer_states"]):
+        runtime.load_optimizer_state_dict(run.module, opt, state)
+    for cfg, state in zip(run.lr_scheduler_configs, ckpt.get("lr_schedulers", [])):
         cfg.scheduler.load_state_dict(state)
     scaler_state = ckpt.get("MixedPrecision", ckpt.get("native_amp_scaling_state"))
     if scaler_state:
-        trainer._precision.load_state_dict(scaler_state)
-    trainer._state.restore(ckpt, trainer.global_rank, trainer.world_size)
-
-
-# --- building modules from checkpoints ---------------------------------------------------------------
-def _init_kwargs(cls: type, hparams: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = {**hparams, **overrides}
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return merged
-    return {k: v for k, v in merged.items() if k in params}
-
-
-def _hparams_from(ckpt: dict[str, Any], key: str, hparams_file: Any) -> dict[str, Any]:
-    if hparams_file is not None:
-        ext = os.path.splitext(str(hparams_file))[1].lower()
-        if ext not in (".yml", ".yaml"):
-            raise ValueError(f"hparams_file={hparams_file!r}: only .yaml/.yml files are supported")
-        from raylit.saving import load_hparams_from_yaml
-
-        return dict(load_hparams_from_yaml(hparams_file) or {})
-    hp = ckpt.get(key) or {}
-    return dict(hp) if isinstance(hp, dict) else hp
-
-
-def load_module_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
-                                strict: bool | None = None, weights_only: bool | None = None,
-                                **kwargs: Any) -> Any:
-    if not isinstance(cls, type):
-        raise TypeError("`load_from_checkpoint` is a class method: call it on the class, "
-                        "e.g. `MyModule.load_from_checkpoint(path)`")
-    ckpt = load_checkpoint_file(checkpoint_path, map_location=map_location, weights_only=weights_only)
-    hparams = _hparams_from(ckpt, cls.CHECKPOINT_HYPER_PARAMS_KEY, hparams_file)
-    if not isinstance(hparams, dict):  # OmegaConf container saved by Lightning
-        model = cls(hparams, **kwargs)
-    else:
-        model = cls(**_init_kwargs(cls, hparams, kwargs))
-    from raylit.hooks import is_overridden
-    from raylit.module import LightningModule
-
-    if is_overridden(model, "configure_model", LightningModule):
-        model.configure_model()
-    model.on_load_checkpoint(ckpt)
-    if strict is not None and model._strict_loading is not None and strict != model.strict_loading:
-        raise ValueError(f"You set `.load_from_checkpoint(..., strict={strict!r})` which is in conflict with "
-                         f"`{cls.__name__}.strict_loading={model.strict_loading!r}`. Load with "
-                         f"`strict={model.strict_loading!r}` instead.")
-    strict = model.strict_loading if strict is None else strict
-    result = model.load_state_dict(ckpt["state_dict"], strict=strict)
-    if not strict and (result.missing_keys or result.unexpected_keys):
-        warnings.warn(f"Loaded with strict=False: missing keys {result.missing_keys}, unexpected keys "
-                      f"{result.unexpected_keys}", UserWarning, stacklevel=3)
-    first = next(iter(ckpt["state_dict"].values()), None)
-    if isinstance(first, torch.Tensor):
-        model.to(first.device)
-    return model
-
-
-def load_datamodule_from_checkpoint(cls: type, checkpoint_path: Any, map_location: Any = None,
-                                    hparams_file: Any = None, weights_only: bool | None = None,
-                                    **kwargs: Any) -> Any:
-    ckpt = load_checkpoint_file(checkpoint_path, map_location=map_location, weights_only=weights_only)
-    hparams = _hparams_from(ckpt, cls.CHECKPOINT_HYPER_PARAMS_KEY, hparams_file)
-    dm = cls(**_init_kwargs(cls, hparams, kwargs))
-    if cls.__qualname__ in ckpt:
-        dm.load_state_dict(ckpt[cls.__qualname__])
-    return dm
+        run.precision.load_state_dict(scaler_state)
+    run.state.restore(ckpt, runtime.global_rank, runtime.world_size)
 
 
 def resolve_ckpt_path(trainer: Any, ckpt_path: Any, fn: str, model_given: bool) -> str | None:
@@ -280,28 +216,10 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: Any, fn: str, model_given: bool) 
                              "checkpoint yet.")
         return cb.best_model_path
     if ckpt_path == "last":
-        candidates = []
-        for cb in trainer.checkpoint_callbacks:
-            last = getattr(cb, "last_model_path", "")
-            if last and fs.exists(last):
-                candidates.append(last)
-            dirpath = getattr(cb, "dirpath", None)
-            if dirpath and not fs.is_remote(dirpath) and os.path.isdir(dirpath):
-                candidates += [os.path.join(dirpath, f) for f in os.listdir(dirpath)
-                               if f.startswith("last") and f.endswith(".ckpt")]
-        from raylit.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
-        from raylit.resume import ResumeCheckpoint, latest_resume_checkpoint
-
-        for cb in trainer.callbacks:  # Lightning counts the file OnExceptionCheckpoint writes as a "last" one
-            if isinstance(cb, OnExceptionCheckpoint) and fs.exists(cb.ckpt_path):
-                candidates.append(cb.ckpt_path)
-
-        for cb in trainer.callbacks:
-            if isinstance(cb, ResumeCheckpoint):
-                resume_dir = cb.dirpath or fs.join(trainer.default_root_dir, "resume")
-                latest = latest_resume_checkpoint(resume_dir)
-                if latest:
-                    candidates.append(latest)
+        # every callback that writes checkpoints says which of its files count as "last" (ModelCheckpoint's
+        # last.ckpt, OnExceptionCheckpoint's file, ResumeCheckpoint's newest); the newest of them wins
+        candidates = [path for cb in trainer.callbacks if hasattr(cb, "last_checkpoint_candidates")
+                      for path in cb.last_checkpoint_candidates(trainer)]
         candidates = [c for c in candidates if fs.is_remote(c) or os.path.exists(c)]
         if not candidates:
             warnings.warn(f'.{fn}(ckpt_path="last") is set, but there is no last checkpoint available. No '

@@ -4,8 +4,10 @@ from typing import Any, Iterable
 
 from torch.utils.data import DataLoader, Dataset
 
+from raylit.checkpoint import load_checkpoint_file
 from raylit.hparams import HyperparametersMixin
 from raylit.module import DataHooks
+from raylit.saving import hparams_from_checkpoint, init_kwargs_from_hparams
 
 
 class LightningDataModule(DataHooks, HyperparametersMixin):
@@ -51,10 +53,12 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                              weights_only: bool | None = None, **kwargs: Any) -> "LightningDataModule":
-        from raylit.checkpoint import load_datamodule_from_checkpoint
-
-        return load_datamodule_from_checkpoint(cls, checkpoint_path, map_location=map_location,
-                                               hparams_file=hparams_file, weights_only=weights_only, **kwargs)
+        ckpt = load_checkpoint_file(checkpoint_path, map_location=map_location, weights_only=weights_only)
+        hparams = hparams_from_checkpoint(ckpt, cls.CHECKPOINT_HYPER_PARAMS_KEY, hparams_file)
+        dm = cls(**init_kwargs_from_hparams(cls, hparams, kwargs))
+        if cls.__qualname__ in ckpt:
+            dm.load_state_dict(ckpt[cls.__qualname__])
+        return dm
 
 
 def _iter_loaders(obj: Any) -> Iterable[Any]:

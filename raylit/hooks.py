@@ -28,6 +28,9 @@ runs its ``on_train_epoch_end`` after the module's.
 from typing import Any
 
 from raylit.callbacks.base import Callback
+from raylit.datamodule import LightningDataModule
+from raylit.module import LightningModule
+from raylit.utilities.model_helpers import is_overridden
 
 # Module hooks whose default does nothing: skipping them when not overridden is invisible to users and
 # keeps the per-batch cost of the loop down.
@@ -45,23 +48,11 @@ _NOOP_MODULE_HOOKS = frozenset(
 )
 
 
-def is_overridden(obj: Any, name: str, base: type) -> bool:
-    if obj is None:
-        return False
-    if name in getattr(obj, "__dict__", {}):  # assigned on the instance (LambdaCallback, from_datasets)
-        return True
-    impl = getattr(type(obj), name, None)
-    return impl is not None and impl is not getattr(base, name, None)
-
-
 class HookDispatcher:
     """Calls hooks by name on callbacks, the module and the datamodule, tracking the current hook name so
     that ``self.log`` knows where it is called from."""
 
     def __init__(self, module: Any, datamodule: Any, callbacks: list[Callback], trainer: Any) -> None:
-        from raylit.datamodule import LightningDataModule
-        from raylit.module import LightningModule
-
         self.module = module
         self.datamodule = datamodule
         self.callbacks = callbacks
@@ -74,11 +65,12 @@ class HookDispatcher:
     def uses_default(self, name: str) -> bool:
         """True when neither the module nor the datamodule overrides ``name``, so the loop may run the
         default behaviour inline (the defaults never log, so skipping the dispatch is invisible)."""
-        from raylit.datamodule import LightningDataModule
-        from raylit.module import LightningModule
-
         return not is_overridden(self.module, name, LightningModule) and \
             not is_overridden(self.datamodule, name, LightningDataModule)
+
+    def overridden(self, name: str) -> bool:
+        """Whether calling ``both(name, ...)`` would run any code (a callback's or the module's own hook)."""
+        return bool(self._callback_methods(name, None)) or name not in self._lm_skip
 
     def _callback_methods(self, name: str, after_module: bool | None) -> list:
         key = (name, after_module)

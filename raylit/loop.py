@@ -1,12 +1,14 @@
 """The training, evaluation and prediction loops: the whole algorithm, as plain code.
 
-``Loop`` reads its configuration from the Trainer and mutates only ``trainer._state`` (progress counters)
-and the metric views. It never imports Ray: rank, collectives and DDP come from ``trainer._runtime``.
+``Loop`` belongs to a ``Run`` (raylit/run.py) and mutates only the run's progress state (``run.state``), its
+stage and its metric views. It decides *when* things happen — validation, logging, the sanity check, stopping —
+next to the loop that does them. It never imports Ray: rank, collectives and DDP come from ``run.runtime``.
 See ``raylit/hooks.py`` for the hook order in pseudocode.
 """
 
 import inspect
-from contextlib import nullcontext
+import math
+import warnings
 from typing import Any
 
 import torch
@@ -17,6 +19,12 @@ from raylit.state import RunningStage
 from raylit.utilities.apply_func import move_data_to_device
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.seed import isolate_rng, rng_state, set_rng_state
+
+# hooks of a training batch that the step skips outright when neither a callback nor the module overrides them
+_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_zero_grad", "on_before_backward",
+                "on_after_backward", "on_before_optimizer_step")
+_NONE_IN_DDP = ("Skipping the `training_step` by returning None in distributed training is not supported: all "
+                "ranks must run backward so gradients can be synchronised.")
 
 
 def _accepts(fn: Any, name: str, min_args: int) -> bool:
@@ -34,21 +42,16 @@ class _StopEpoch(Exception):
 
 
 class Loop:
-    def __init__(self, trainer: Any) -> None:
-        self.trainer = trainer
-        self.hooks = trainer._hooks
-        self.module = trainer.lightning_module
-        self.runtime = trainer._runtime
-        self.precision = trainer._precision
-        self.metrics = trainer._metrics
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self.hooks = run.hooks
+        self.module = run.module
+        self.runtime = run.runtime
+        self.precision = run.precision
+        self.metrics = run.metrics
         self._step_takes_idx: dict[str, bool] = {}
-        # hooks whose default behaviour the hot path runs inline when the user did not override them
-        self._default = {name: self.hooks.uses_default(name) for name in (
-            "transfer_batch_to_device", "optimizer_step", "optimizer_zero_grad", "backward",
-            "configure_gradient_clipping", "on_before_batch_transfer", "on_after_batch_transfer")}
-        d = self._default
-        self._plain_transfer = d["transfer_batch_to_device"] and d["on_before_batch_transfer"] and \
-            d["on_after_batch_transfer"]  # no transfer hook overridden: batches are just moved
+        self._hooked: dict[str, bool] = {}
+        self._default: dict[str, bool] = {}
 
     # --- shared pieces ----------------------------------------------------------------------------------
     def _transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -60,30 +63,98 @@ class Loop:
         batch = hooks.data_hook("transfer_batch_to_device", batch, self.runtime.device, dataloader_idx)
         return hooks.data_hook("on_after_batch_transfer", batch, dataloader_idx)
 
-    def _step(self, name: str, *args: Any) -> Any:
-        """Run a step method (training_step, validation_step, ...) through the runtime (DDP) and precision."""
+    def _takes_idx(self, name: str) -> bool:
         takes = self._step_takes_idx.get(name)
         if takes is None:
             takes = self._step_takes_idx[name] = _accepts(getattr(self.module, name), "batch_idx", 2)
-        if not takes:
+        return takes
+
+    def _step(self, name: str, *args: Any) -> Any:
+        """Run a step method (training_step, validation_step, ...) through the runtime (DDP) and precision."""
+        if not self._takes_idx(name):
             args = args[:1] + args[2:]
-        module = self.module
-        prev = module._current_fx_name
-        module.__dict__["_current_fx_name"] = name
+        fx = self.module.__dict__
+        prev, fx["_current_fx_name"] = fx["_current_fx_name"], name
         try:
             with self.precision.step_context():
-                return self.runtime.call_step(self.trainer.model, module, name, *args)
+                return self.runtime.call_step(self.run.model, self.module, name, *args)
         finally:
-            module.__dict__["_current_fx_name"] = prev
+            fx["_current_fx_name"] = prev
+
+    def _cache_decisions(self) -> None:
+        """Per-epoch answers the batch loop asks every step (callbacks may change settings at epoch start)."""
+        hooks = self.hooks
+        uses_default = hooks.uses_default
+        self._default = {name: uses_default(name) for name in (
+            "transfer_batch_to_device", "optimizer_step", "optimizer_zero_grad", "backward",
+            "configure_gradient_clipping", "on_before_batch_transfer", "on_after_batch_transfer")}
+        d = self._default
+        self._plain_transfer = d["transfer_batch_to_device"] and d["on_before_batch_transfer"] and \
+            d["on_after_batch_transfer"]  # no transfer hook overridden: batches are just moved
+        self._hooked = {name: hooks.overridden(name) for name in _BATCH_HOOKS}
+        config = self.run.config
+        self._clip = config.gradient_clip_val or not d["configure_gradient_clipping"]
+
+    # --- when things happen -------------------------------------------------------------------------------
+    def validation_enabled(self) -> bool:
+        return self.run.loaders.validation_enabled()
+
+    def should_sanity_check(self) -> bool:
+        st = self.run.state
+        return self.validation_enabled() and self.run.config.num_sanity_val_steps > 0 and \
+            (st.pending_resume is None or st.epoch_batches == 0)
+
+    def should_validate(self, batch_idx: int, is_last: bool) -> bool:
+        run, config = self.run, self.run.config
+        if not self.validation_enabled():
+            return False
+        every = config.check_val_every_n_epoch
+        if every is not None and (run.state.current_epoch + 1) % every != 0:
+            return False
+        vcb, loaders = run.loaders.val_check_batch, run.loaders
+        if is_last and vcb == math.inf:
+            return True
+        if run.state.should_stop and self._can_stop_early():
+            return True
+        if loaders.val_deadline is not None:
+            return loaders.val_deadline.due(run.state.total_batches, run.trainer.strategy)
+        if isinstance(config.limit_train_batches, int) and vcb == math.inf:
+            return (batch_idx + 1) % config.limit_train_batches == 0
+        if vcb != math.inf:
+            current = run.state.total_batches - 1 if every is None else batch_idx
+            return (current + 1) % vcb == 0
+        return is_last
+
+    def should_log_step(self) -> bool:
+        n, st = self.run.config.log_every_n_steps, self.run.state
+        return n != 0 and ((st.batches_that_stepped + 1) % n == 0 or st.should_stop)
+
+    def _can_stop_early(self) -> bool:
+        config, st = self.run.config, self.run.state
+        return (not config.min_epochs or st.current_epoch >= config.min_epochs) and \
+            (not config.min_steps or st.global_step >= config.min_steps)
+
+    def _max_steps_reached(self) -> bool:
+        max_steps = self.run.config.max_steps
+        return max_steps != -1 and self.run.state.global_step >= max_steps
+
+    def _fit_done(self) -> bool:
+        config, st = self.run.config, self.run.state
+        if self.run.loaders.num_training_batches == 0 or self._max_steps_reached():
+            return True
+        if config.max_epochs is not None and config.max_epochs != -1 and st.current_epoch >= config.max_epochs:
+            return True
+        return st.should_stop and self._can_stop_early()
 
     # --- fit --------------------------------------------------------------------------------------------
     def run_fit(self) -> None:
-        trainer, hooks = self.trainer, self.hooks
-        if trainer._should_sanity_check():
+        hooks, loaders = self.hooks, self.run.loaders
+        self._cache_decisions()
+        if self.should_sanity_check():
             self.run_sanity_check()
-        trainer._load_train_data()
-        if trainer._validation_enabled() and trainer._val_loaders is None:
-            trainer._load_eval_data("validate")
+        loaders.load_train()
+        if self.validation_enabled() and loaders.val is None:
+            loaders.load_eval("validate")
         if self._fit_done():
             return
         self.module.train()
@@ -93,45 +164,28 @@ class Loop:
         hooks.both("on_train_end")
 
     def run_sanity_check(self) -> None:
-        trainer, hooks = self.trainer, self.hooks
-        stage = trainer.state.stage
+        status, hooks = self.run.status, self.hooks
+        stage = status.stage
         self.metrics.reset_views()
-        trainer.sanity_checking = True
+        status.stage = RunningStage.SANITY_CHECKING
         with isolate_rng():  # the sanity check must not change what training draws
             hooks.callbacks_hook("on_sanity_check_start")
             self.run_evaluation("validate", sanity=True)
             hooks.callbacks_hook("on_sanity_check_end")
-        trainer.sanity_checking = False
-        trainer.state.stage = stage
+        status.stage = stage
         self.metrics.reset_views()
 
-    def _can_stop_early(self) -> bool:
-        t, st = self.trainer, self.trainer._state
-        return (not t.min_epochs or st.current_epoch >= t.min_epochs) and \
-            (not t.min_steps or st.global_step >= t.min_steps)
-
-    def _max_steps_reached(self) -> bool:
-        t = self.trainer
-        return t.max_steps != -1 and t._state.global_step >= t.max_steps
-
-    def _fit_done(self) -> bool:
-        t, st = self.trainer, self.trainer._state
-        if t.num_training_batches == 0 or self._max_steps_reached():
-            return True
-        if t.max_epochs is not None and t.max_epochs != -1 and st.current_epoch >= t.max_epochs:
-            return True
-        return t.should_stop and self._can_stop_early()
-
     def run_train_epoch(self) -> None:
-        trainer, hooks, st, metrics = self.trainer, self.hooks, self.trainer._state, self.metrics
-        trainer._maybe_reload_train_data()
-        loader = trainer.train_dataloader
+        run, hooks, st, metrics = self.run, self.hooks, self.run.state, self.metrics
+        run.loaders.maybe_reload_train()
+        loader = run.loaders.train
         _set_sampler_epoch(loader, st.current_epoch)
-        metrics.store = trainer._train_store
+        metrics.store = run.train_store
         metrics.in_batch = False
         st.epoch_finished = False
         st.in_epoch = True
         hooks.both("on_train_epoch_start")
+        self._cache_decisions()
 
         resume, st.pending_resume = st.pending_resume, None
         skip = st.epoch_batches if resume is not None else 0
@@ -144,21 +198,20 @@ class Loop:
             if resume is not None and resume.get("rng") is not None:
                 set_rng_state(resume["rng"])  # before the iterator exists: creating it draws a seed
         st.epoch_start_rng = rng_state()
-        batches = lookahead(loader, trainer.num_training_batches, skip=skip)
+        batches = lookahead(loader, run.loaders.num_training_batches, skip=skip)
         if skip:
             set_rng_state(resume["rng"])
             if resume.get("batch_pending") is not None:
                 # the checkpoint was written inside the end phase of its last batch: finish that phase once
                 self._finish_batch(*resume["batch_pending"])
 
-        run_batch = self._fast_train_batch if self._fast_path_applies() else self.run_train_batch
         for batch_idx, batch, is_last in batches:
             st.is_last_batch = is_last
             try:
-                run_batch(batch, batch_idx, is_last)
+                self.train_step(batch, batch_idx, is_last)
             except _StopEpoch:
                 break
-            if self._max_steps_reached() or (trainer.should_stop and self._can_stop_early()):
+            if self._max_steps_reached() or (st.should_stop and self._can_stop_early()):
                 break
         st.epoch_finished = True
 
@@ -166,224 +219,127 @@ class Loop:
         hooks.callbacks_hook("on_train_epoch_end", after_module=False)
         hooks.module_hook("on_train_epoch_end")
         hooks.callbacks_hook("on_train_epoch_end", after_module=True)
-        # epoch-level rows reuse the step of the epoch's last batch (Lightning's convention)
-        st.batches_that_stepped -= 1
-        metrics.send_to_loggers(metrics.epoch_log_metrics())
-        st.batches_that_stepped += 1
-        trainer._train_store.reset()
+        # epoch-level rows use the logger step of the epoch's last batch (Lightning's convention)
+        metrics.send_to_loggers(metrics.epoch_log_metrics(), default_step=st.batches_that_stepped - 1)
+        run.train_store.reset()
         st.current_epoch += 1
         st.epoch_batches = 0
         st.epoch_finished = False
         st.in_epoch = False
-        self._update_lr_schedulers("epoch", plateau=True)
+        self.update_lr_schedulers("epoch", plateau=True)
 
-    def _should_accumulate(self, batch_idx: int, is_last: bool) -> bool:
-        acc = self.trainer.accumulate_grad_batches
-        return not ((batch_idx + 1) % acc == 0 or is_last)
-
-    def run_train_batch(self, batch: Any, batch_idx: int, is_last: bool) -> None:
-        hooks, metrics = self.hooks, self.metrics
+    def train_step(self, batch: Any, batch_idx: int, is_last: bool) -> None:
+        """One training batch, every precision, with or without accumulation:
+        transfer → on_train_batch_start → optimizer step around the closure (training_step → zero_grad →
+        backward) → schedulers → on_train_batch_end → logging and, when due, validation."""
+        run, hooks, st, module, hooked = self.run, self.hooks, self.run.state, self.module, self._hooked
         batch = self._transfer(batch, 0)
-        metrics.begin_batch(batch)
-        hooks.callbacks_hook("on_train_batch_start", batch, batch_idx)
-        if hooks.module_hook("on_train_batch_start", batch, batch_idx) == -1:
-            self._update_lr_schedulers("epoch", plateau=False)
+        self.metrics.begin_batch(batch)
+        if hooked["on_train_batch_start"] and hooks.both("on_train_batch_start", batch, batch_idx) == -1:
+            self.update_lr_schedulers("epoch", plateau=False)
             raise _StopEpoch
-        accumulate = self._should_accumulate(batch_idx, is_last)
-        if self.module.automatic_optimization:
-            outputs = self._automatic_step(batch, batch_idx, accumulate)
+        acc = run.config.accumulate_grad_batches
+        # gradients are applied every `acc` batches and at the epoch's last batch
+        accumulate = acc > 1 and not ((batch_idx + 1) % acc == 0 or is_last)
+        outputs: dict[str, Any] = {}
+        if not module.automatic_optimization:
+            outputs, accumulate = self._manual_step(batch, batch_idx), False
         else:
-            outputs = self._manual_step(batch, batch_idx)
-            accumulate = False
-        if not accumulate:
-            self._update_lr_schedulers("step", plateau=False, batch_idx=batch_idx)
-        if is_last:
-            self._update_lr_schedulers("epoch", plateau=False)
-        self._batch_trained(batch_idx, is_last, accumulate)
-        hooks.callbacks_hook("on_train_batch_end", outputs, batch, batch_idx)
-        hooks.module_hook("on_train_batch_end", outputs, batch, batch_idx)
-        self._log_and_finish_batch(batch_idx, is_last, accumulate)
+            optimizer, args = run.optimizers[0], (batch, batch_idx) if self._takes_idx("training_step") else (batch,)
+            precision, runtime, default = self.precision, self.runtime, self._default
+            zero_grad = batch_idx % acc == 0  # the first batch of an accumulation window clears the gradients
 
-    def _batch_trained(self, batch_idx: int, is_last: bool, accumulate: bool) -> None:
-        """The batch is trained: a checkpoint written from here on resumes after it, and records that its
-        validation and logger step are still to come (see _finish_batch)."""
-        st = self.trainer._state
+            def closure() -> torch.Tensor | None:
+                # training_step → zero_grad → backward: Lightning's order, so the previous window's gradients
+                # are cleared only once this batch's loss exists
+                fx = module.__dict__
+                prev, fx["_current_fx_name"] = fx["_current_fx_name"], "training_step"
+                try:
+                    with precision.step_context():
+                        out = runtime.call_step(run.model, module, "training_step", *args)
+                finally:
+                    fx["_current_fx_name"] = prev
+                if out is None and runtime.world_size > 1:
+                    raise RuntimeError(_NONE_IN_DDP)
+                loss, extra = (out, None) if type(out) is torch.Tensor else _split_training_output(out)
+                if loss is not None and acc != 1:
+                    loss = loss / acc
+                if zero_grad:
+                    if hooked["on_before_zero_grad"]:
+                        hooks.both("on_before_zero_grad", optimizer)
+                    if default["optimizer_zero_grad"]:
+                        optimizer.zero_grad()
+                    else:
+                        hooks.module_hook("optimizer_zero_grad", st.current_epoch, batch_idx, optimizer)
+                if loss is None:
+                    return None
+                self.backward(loss)
+                detached = loss.detach().clone()
+                outputs["loss"] = detached
+                if extra:
+                    outputs.update(extra)
+                return detached
+
+            if accumulate:
+                # gradients are synchronised across ranks only on the batch that steps: skip it while accumulating
+                with runtime.no_sync(run.model):
+                    closure()
+            else:
+                if default["optimizer_step"]:  # what the default hook does: lopt.step(closure=closure)
+                    precision.optimizer_step(optimizer, closure, self._after_closure, skip_if_no_loss=True)
+                else:
+                    hooks.module_hook("optimizer_step", st.current_epoch, batch_idx, run.lightning_optimizers[0],
+                                      closure)
+                st.global_step += 1
+        if run.lr_scheduler_configs:
+            if not accumulate:
+                self.update_lr_schedulers("step", plateau=False, batch_idx=batch_idx)
+            if is_last:
+                self.update_lr_schedulers("epoch", plateau=False)
+        # the batch is trained: a checkpoint written from here on resumes after it, and records that its
+        # validation and logger step are still to come (see _finish_batch)
         st.epoch_batches += 1
         st.total_batches += 1
         st.batch_pending = (batch_idx, is_last, accumulate)
-
-    def _log_and_finish_batch(self, batch_idx: int, is_last: bool, accumulate: bool) -> None:
-        """After ``on_train_batch_end``: the batch's step row to the loggers, then ``_finish_batch``."""
-        trainer, metrics = self.trainer, self.metrics
-        log = metrics.end_batch()
-        if not accumulate and log and (trainer._should_log_step() or trainer.fast_dev_run):
-            metrics.send_to_loggers(log)
-        metrics.in_batch = False
+        if hooked["on_train_batch_end"]:
+            hooks.both("on_train_batch_end", outputs, batch, batch_idx)
+        log = self.metrics.end_batch()
+        if not accumulate and log and (self.should_log_step() or run.config.fast_dev_run):
+            self.metrics.send_to_loggers(log)
+        self.metrics.in_batch = False
         self._finish_batch(batch_idx, is_last, accumulate)
 
-    # --- the common case, fused ------------------------------------------------------------------------
-    # One optimizer, automatic optimization, no accumulation, 32-bit precision and the default
-    # optimizer_step / optimizer_zero_grad / backward / configure_gradient_clipping hooks: ``run_train_batch``
-    # then does nothing but call no-op hooks around ``optimizer.step(closure)``. ``_fast_train_batch`` does the
-    # same work in the same order without the layers (~2x less per-step overhead on a tiny model); batch hooks
-    # that a callback or the module does override are still called, in their place. Decided per epoch, after
-    # ``on_train_epoch_start`` (GradientAccumulationScheduler changes ``accumulate_grad_batches`` there).
-    _FAST_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_zero_grad", "on_before_backward",
-                   "on_after_backward", "on_before_optimizer_step")
-
-    def _fast_path_applies(self) -> bool:
-        trainer, precision, default = self.trainer, self.precision, self._default
-        if not (self.module.automatic_optimization and trainer.accumulate_grad_batches == 1
-                and len(trainer.optimizers) == 1 and not trainer.gradient_clip_val
-                and default["optimizer_step"] and default["optimizer_zero_grad"] and default["backward"]
-                and default["configure_gradient_clipping"]
-                and precision.scaler is None and precision._true_dtype is None
-                and precision.name not in ("16-mixed", "bf16-mixed")):
-            return False
-        hooks = self.hooks
-        self._fast_callbacks = {name: hooks._callback_methods(name, None) for name in self._FAST_HOOKS}
-        self._fast_module = {name: name not in hooks._lm_skip for name in self._FAST_HOOKS}
-        takes = self._step_takes_idx.get("training_step")
-        if takes is None:
-            takes = self._step_takes_idx["training_step"] = _accepts(self.module.training_step, "batch_idx", 2)
-        self._fast_takes_idx = takes
-        cbs, mods = self._fast_callbacks, self._fast_module
-        self._fast_grad_hooked = any(cbs[n] or mods[n] for n in ("on_before_zero_grad", "on_before_backward",
-                                                                  "on_after_backward"))
-        return True
-
-    def _fast_hook(self, name: str, *args: Any) -> Any:
-        """Callbacks' then the module's ``name``, for a hook that at least one of them overrides."""
-        if self._fast_callbacks[name]:
-            self.hooks.callbacks_hook(name, *args)
-        if self._fast_module[name]:
-            return self.hooks.module_hook(name, *args)
-        return None
-
-    def _fast_train_batch(self, batch: Any, batch_idx: int, is_last: bool) -> None:
-        """``run_train_batch`` for the common case (see above): the same hooks, state and order."""
-        trainer, st, metrics, module = self.trainer, self.trainer._state, self.metrics, self.module
-        cbs, mods = self._fast_callbacks, self._fast_module
-        runtime = self.runtime
-        # 32-bit only (see above): no dtype conversion, so a plain transfer is just the move
-        batch = move_data_to_device(batch, runtime.device) if self._plain_transfer else self._transfer(batch, 0)
-        metrics.begin_batch(batch)
-        if cbs["on_train_batch_start"] or mods["on_train_batch_start"]:
-            if self._fast_hook("on_train_batch_start", batch, batch_idx) == -1:
-                self._update_lr_schedulers("epoch", plateau=False)
-                raise _StopEpoch
-        optimizer, wrapped = trainer.optimizers[0], trainer._model
-        args = (batch, batch_idx) if self._fast_takes_idx else (batch,)
-        result: dict[str, Any] = {}
-        hooked = self._fast_grad_hooked
-
-        def closure() -> torch.Tensor | None:
-            fx = module.__dict__
-            prev = fx["_current_fx_name"]
-            fx["_current_fx_name"] = "training_step"
-            try:
-                out = runtime.call_step(wrapped, module, "training_step", *args)
-            finally:
-                fx["_current_fx_name"] = prev
-            if out is None and trainer.world_size > 1:
-                raise RuntimeError("Skipping the `training_step` by returning None in distributed training is not "
-                                   "supported: all ranks must run backward so gradients can be synchronised.")
-            loss, extra = (out, None) if type(out) is torch.Tensor else _split_training_output(out)
-            if hooked:
-                self._fast_hook("on_before_zero_grad", optimizer)
-            optimizer.zero_grad()
-            detached = None
-            if loss is not None:
-                if hooked:
-                    self._fast_hook("on_before_backward", loss)
-                loss.backward()
-                if hooked:
-                    self._fast_hook("on_after_backward")
-                detached = loss.detach().clone()
-                result["loss"] = detached
-                if extra:
-                    result.update(extra)
-            if cbs["on_before_optimizer_step"] or mods["on_before_optimizer_step"]:
-                self._fast_hook("on_before_optimizer_step", optimizer)
-            return detached
-
-        optimizer.step(closure=closure)
-        st.global_step += 1
-        if trainer.lr_scheduler_configs:
-            self._update_lr_schedulers("step", plateau=False, batch_idx=batch_idx)
-            if is_last:
-                self._update_lr_schedulers("epoch", plateau=False)
-        self._batch_trained(batch_idx, is_last, False)
-        if cbs["on_train_batch_end"] or mods["on_train_batch_end"]:
-            self._fast_hook("on_train_batch_end", result, batch, batch_idx)
-        self._log_and_finish_batch(batch_idx, is_last, False)
+    def _after_closure(self, optimizer: Any = None) -> None:
+        """After backward, before the optimizer steps: hooks, then gradient clipping."""
+        optimizer = self.run.optimizers[0] if optimizer is None else optimizer
+        if self._hooked["on_before_optimizer_step"]:
+            self.hooks.both("on_before_optimizer_step", optimizer)
+        if self._clip and self.module.automatic_optimization:  # the default hook clips nothing without a value
+            config = self.run.config
+            self.hooks.module_hook("configure_gradient_clipping", optimizer, config.gradient_clip_val,
+                                   config.gradient_clip_algorithm)
 
     def _finish_batch(self, batch_idx: int, is_last: bool, accumulate: bool) -> None:
         """Validation when due, plateau schedulers, and the loggers' step: the end of a training batch."""
-        trainer, hooks, st = self.trainer, self.hooks, self.trainer._state
-        if trainer._should_validate(batch_idx, is_last, st.total_batches):
-            trainer.validating = True
+        run, st = self.run, self.run.state
+        if self.should_validate(batch_idx, is_last):
+            run.status.stage = RunningStage.VALIDATING
             if not accumulate:
-                hooks.module_hook("on_validation_model_zero_grad")
+                self.hooks.module_hook("on_validation_model_zero_grad")
             self.run_evaluation("validate")
-            if trainer._val_deadline is not None:
-                trainer._val_deadline.restart()  # a time-based interval counts from the end of the last validation
-            trainer.training = True
-            self.metrics.store = trainer._train_store
+            if run.loaders.val_deadline is not None:
+                run.loaders.val_deadline.restart()  # a time interval counts from the end of the last validation
+            run.status.stage = RunningStage.TRAINING
+            self.metrics.store = run.train_store
         if not accumulate:
-            self._update_lr_schedulers("step", plateau=True, batch_idx=batch_idx)
+            self.update_lr_schedulers("step", plateau=True, batch_idx=batch_idx)
             st.batches_that_stepped += 1
         st.batch_pending = None
 
-    def _automatic_step(self, batch: Any, batch_idx: int, accumulate: bool) -> dict[str, Any]:
-        trainer, hooks, st = self.trainer, self.hooks, self.trainer._state
-        acc = trainer.accumulate_grad_batches
-        optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        zero_grad = batch_idx % acc == 0
-        default_zero_grad = self._default["optimizer_zero_grad"]
-        result: dict[str, Any] = {}
-
-        def closure() -> torch.Tensor | None:
-            # training_step → zero_grad (first batch of an accumulation window) → backward; Lightning's order,
-            # so gradients of the previous window are cleared only once this batch's loss exists
-            out = self._step("training_step", batch, batch_idx)
-            if out is None and trainer.world_size > 1:
-                raise RuntimeError("Skipping the `training_step` by returning None in distributed training is not "
-                                   "supported: all ranks must run backward so gradients can be synchronised.")
-            loss, extra = _split_training_output(out)
-            if loss is not None:
-                loss = loss / acc if acc != 1 else loss
-            if zero_grad and optimizer is not None:
-                hooks.both("on_before_zero_grad", optimizer)
-                if default_zero_grad:
-                    optimizer.zero_grad()
-                else:
-                    hooks.module_hook("optimizer_zero_grad", st.current_epoch, batch_idx, optimizer)
-            if loss is not None:
-                self.backward(loss)
-                detached = loss.detach().clone()
-                result.update({"loss": detached, **extra})
-                return detached
-            return None
-
-        if accumulate or optimizer is None:
-            # gradient sync across ranks happens only on the batch that steps: skip it while accumulating
-            with self.runtime.no_sync(trainer.model) if accumulate else nullcontext():
-                closure()
-        else:
-            lopt = trainer._lightning_optimizers[0]
-            if self._default["optimizer_step"]:
-                self.optimizer_step(lopt, closure)  # what the default hook does: lopt.step(closure=closure)
-            else:
-                hooks.module_hook("optimizer_step", st.current_epoch, batch_idx, lopt, closure)
-            st.global_step += 1
-        return result
-
     def _manual_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         out = self._step("training_step", batch, batch_idx)
-        if out is None and self.trainer.world_size > 1:
-            raise RuntimeError("Skipping the `training_step` by returning None in distributed training is not "
-                               "supported.")
+        if out is None and self.runtime.world_size > 1:
+            raise RuntimeError(_NONE_IN_DDP)
         if isinstance(out, dict):
             extra = dict(out)
         elif isinstance(out, torch.Tensor):
@@ -398,55 +354,46 @@ class Loop:
         return extra
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        hooks = self.hooks
+        hooks, hooked = self.hooks, self._hooked
         loss = self.precision.scale_loss(loss)
-        hooks.both("on_before_backward", loss)
+        if hooked.get("on_before_backward", True):
+            hooks.both("on_before_backward", loss)
         if self._default["backward"]:
             loss.backward(*args, **kwargs)
         else:
             hooks.module_hook("backward", loss, *args, **kwargs)
-        hooks.both("on_after_backward")
+        if hooked.get("on_after_backward", True):
+            hooks.both("on_after_backward")
 
     def optimizer_step(self, lightning_optimizer: Any, closure: Any, **kwargs: Any) -> Any:
         """What ``LightningOptimizer.step`` does: closure, hooks, clipping, then the real step."""
-        trainer, hooks = self.trainer, self.hooks
         optimizer = lightning_optimizer.optimizer
         automatic = self.module.automatic_optimization
-
-        clip = automatic and (trainer.gradient_clip_val or not self._default["configure_gradient_clipping"])
-
-        def after_closure() -> None:
-            hooks.both("on_before_optimizer_step", optimizer)
-            if clip:  # the default hook clips nothing without gradient_clip_val
-                hooks.module_hook("configure_gradient_clipping", optimizer, trainer.gradient_clip_val,
-                                  trainer.gradient_clip_algorithm)
-
         out = self.precision.optimizer_step(optimizer, closure if closure is not None else _do_nothing,
-                                            after_closure, skip_if_no_loss=automatic, **kwargs)
+                                            lambda: self._after_closure(optimizer), skip_if_no_loss=automatic,
+                                            **kwargs)
         if not automatic:
-            trainer._state.global_step += 1
+            self.run.state.global_step += 1
         return out
 
-    def _update_lr_schedulers(self, interval: str, plateau: bool, batch_idx: int = 0) -> None:
-        trainer = self.trainer
-        if not trainer.lr_scheduler_configs or not self.module.automatic_optimization:
+    def update_lr_schedulers(self, interval: str, plateau: bool, batch_idx: int = 0) -> None:
+        run = self.run
+        if not run.lr_scheduler_configs or not self.module.automatic_optimization:
             return
-        st = trainer._state
+        st = run.state
         idx = (batch_idx if interval == "step" else st.current_epoch) + 1
-        for cfg in trainer.lr_scheduler_configs:
+        for cfg in run.lr_scheduler_configs:
             if cfg.reduce_on_plateau != plateau or cfg.interval != interval or idx % cfg.frequency != 0:
                 continue
             metric = None
             if cfg.reduce_on_plateau:
-                metric = trainer.callback_metrics.get(cfg.monitor)
+                metric = run.trainer.callback_metrics.get(cfg.monitor)
                 if metric is None:
                     if cfg.strict:
                         raise MisconfigurationException(
                             f"ReduceLROnPlateau conditioned on metric {cfg.monitor} which is not available. "
-                            f"Available metrics are: {list(trainer.callback_metrics)}. Condition can be set using "
-                            "`monitor` key in lr scheduler dict")
-                    import warnings
-
+                            f"Available metrics are: {list(run.trainer.callback_metrics)}. Condition can be set "
+                            "using `monitor` key in lr scheduler dict")
                     warnings.warn(f"ReduceLROnPlateau conditioned on metric {cfg.monitor} which is not available "
                                   "but strict is set to `False`. Skipping learning rate update.", RuntimeWarning)
                     continue
@@ -456,16 +403,19 @@ class Loop:
     # --- evaluation ---------------------------------------------------------------------------------------
     def run_evaluation(self, fn: str, sanity: bool = False) -> list[dict[str, float]]:
         """One validation or test run over every eval dataloader; returns the epoch metrics per loader."""
-        trainer, hooks, metrics = self.trainer, self.hooks, self.metrics
+        run, hooks, metrics, loaders = self.run, self.hooks, self.metrics, self.run.loaders
+        if not self._default:
+            self._cache_decisions()
         name = "validation" if fn == "validate" else "test"
-        loaders = trainer._load_eval_data(fn) if fn == "test" or trainer._val_loaders is None \
-            or trainer._should_reload_val_data() else trainer._val_loaders
-        limits = trainer.num_sanity_val_batches if sanity else trainer._eval_limits(fn)
-        if not loaders or sum(limits) == 0:
+        dls = loaders.load_eval(fn) if fn == "test" or loaders.val is None or loaders.should_reload_val() \
+            else loaders.val
+        limits = [min(run.config.num_sanity_val_steps, n) for n in loaders.eval_limits(fn)] if sanity \
+            else loaders.eval_limits(fn)
+        if not dls or sum(limits) == 0:
             return []
-        trainer.state.stage = RunningStage.SANITY_CHECKING if sanity else \
+        run.status.stage = RunningStage.SANITY_CHECKING if sanity else \
             (RunningStage.VALIDATING if fn == "validate" else RunningStage.TESTING)
-        multi = len(loaders) > 1
+        multi = len(dls) > 1
         step_name = f"{name}_step"
         if multi and not _accepts(getattr(self.module, step_name), "dataloader_idx", 3):
             raise RuntimeError(f"You provided multiple {name} dataloaders, but your `{step_name}` does not "
@@ -473,11 +423,11 @@ class Loop:
         prev_store = metrics.store
         store = metrics.store = ResultStore(training=False, runtime=self.runtime)
         metrics.in_batch = False
-        batches = sequential_lookahead([(lambda dl=dl: iter(dl)) for dl in loaders], limits)
+        batches = sequential_lookahead([(lambda dl=dl: iter(dl)) for dl in dls], limits)
         modes = {m: m.training for m in self.module.modules()}
         # validation inside fit uses no_grad: tensors made under inference_mode cannot enter autograd later
-        in_fit = trainer.state.fn == "fit"
-        grad_ctx = torch.inference_mode() if trainer.inference_mode and not in_fit else torch.no_grad()
+        in_fit = run.status.fn == "fit"
+        grad_ctx = torch.inference_mode() if run.config.inference_mode and not in_fit else torch.no_grad()
         outputs_per_loader: list[dict[str, Any]] = []
         with grad_ctx:
             hooks.module_hook(f"on_{name}_model_eval")
@@ -487,7 +437,7 @@ class Loop:
             for dl_idx, batch_idx, batch, _ in batches:
                 if multi and dl_idx != current_dl:
                     if current_dl is not None:
-                        outputs_per_loader.append(self._loader_epoch_end(store, sanity))
+                        outputs_per_loader.append(self._loader_epoch_end(sanity))
                     current_dl = dl_idx
                 batch = self._transfer(batch, dl_idx)
                 metrics.begin_batch(batch, dl_idx if multi else None)
@@ -499,11 +449,11 @@ class Loop:
                 hooks.module_hook(f"on_{name}_batch_end", out, *args)
                 log = metrics.end_batch()
                 if not sanity and log:
-                    key = (trainer.state.fn, fn, dl_idx)
-                    step = trainer._eval_log_steps.get(key, 0)
+                    key = (run.status.fn, fn, dl_idx)
+                    step = run.eval_log_steps.get(key, 0)
                     metrics.send_to_loggers(log, step=step)
-                    trainer._eval_log_steps[key] = step + 1
-            outputs_per_loader.append(self._loader_epoch_end(store, sanity))
+                    run.eval_log_steps[key] = step + 1
+            outputs_per_loader.append(self._loader_epoch_end(sanity))
             store.dataloader_idx = None
             metrics.in_batch = False
             hooks.both(f"on_{name}_epoch_end")
@@ -524,26 +474,25 @@ class Loop:
         return [{k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in out.items()}
                 for out in outputs_per_loader]
 
-    def _loader_epoch_end(self, store: ResultStore, sanity: bool) -> dict[str, Any]:
+    def _loader_epoch_end(self, sanity: bool) -> dict[str, Any]:
         self.metrics.end_epoch()  # all ranks: cross-rank reductions of this loader's values happen here
-        if sanity:
-            return {}
-        return dict(self.metrics.epoch_log_metrics())
+        return {} if sanity else dict(self.metrics.epoch_log_metrics())
 
     # --- predict ------------------------------------------------------------------------------------------
     def run_predict(self, return_predictions: bool) -> list | None:
-        trainer, hooks = self.trainer, self.hooks
-        loaders = trainer._load_eval_data("predict")
-        limits = trainer._eval_limits("predict")
-        if not loaders or sum(limits) == 0:
+        run, hooks = self.run, self.hooks
+        self._cache_decisions()
+        dls = run.loaders.load_eval("predict")
+        limits = run.loaders.eval_limits("predict")
+        if not dls or sum(limits) == 0:
             return [] if return_predictions else None
-        multi = len(loaders) > 1
+        multi = len(dls) > 1
         if multi and not _accepts(self.module.predict_step, "dataloader_idx", 3):
             raise RuntimeError("You provided multiple predict dataloaders, but your `predict_step` does not accept "
                                "`dataloader_idx`")
-        predictions: list[list[Any]] = [[] for _ in loaders]
-        batches = sequential_lookahead([(lambda dl=dl: iter(dl)) for dl in loaders], limits)
-        grad_ctx = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+        predictions: list[list[Any]] = [[] for _ in dls]
+        batches = sequential_lookahead([(lambda dl=dl: iter(dl)) for dl in dls], limits)
+        grad_ctx = torch.inference_mode() if run.config.inference_mode else torch.no_grad()
         modes = {m: m.training for m in self.module.modules()}
         with grad_ctx:
             hooks.module_hook("on_predict_model_eval")
@@ -594,5 +543,3 @@ def _set_sampler_epoch(loader: Any, epoch: int) -> None:
     if inner is not None:
         for dl in (inner.values() if isinstance(inner, dict) else inner):
             _set_sampler_epoch(dl, epoch)
-
-

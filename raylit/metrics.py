@@ -306,7 +306,10 @@ class MetricsConnector:
         self.progress_bar_metrics.update(pbar)
         return log
 
-    def send_to_loggers(self, metrics: dict[str, Any], step: int | None = None) -> None:
+    def send_to_loggers(self, metrics: dict[str, Any], step: int | None = None,
+                        default_step: int | None = None) -> None:
+        """Hand ``metrics`` to every logger (rank 0). Without ``step``, a logged "step" value is the step, else
+        ``default_step``, else the loggers' step axis (``batches_that_stepped``); "epoch" is added then."""
         trainer = self.trainer
         if not trainer.loggers or not metrics:
             return
@@ -318,7 +321,7 @@ class MetricsConnector:
                 step = int(step_metric)
             else:
                 scalars.setdefault("epoch", trainer.current_epoch)
-                step = trainer._logger_step
+                step = trainer._logger_step if default_step is None else default_step
         if trainer.is_global_zero:
             for lg in trainer.loggers:
                 lg.log_metrics(metrics=scalars, step=step)

@@ -2,15 +2,19 @@
 calls when the user does not override it; see ``raylit/hooks.py`` for when each one fires."""
 
 import numbers
+import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from raylit.checkpoint import load_checkpoint_file
 from raylit.hparams import HyperparametersMixin
+from raylit.saving import hparams_from_checkpoint, init_kwargs_from_hparams
 from raylit.utilities.apply_func import move_data_to_device
 from raylit.utilities.exceptions import MisconfigurationException
+from raylit.utilities.model_helpers import is_overridden
 from raylit.utilities.rank_zero import rank_zero_warn
 
 
@@ -239,7 +243,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         if self._automatic_optimization:
             raise MisconfigurationException("`manual_backward` is only for manual optimization: set "
                                             "`self.automatic_optimization = False` in `__init__`.")
-        self.trainer._engine.backward(loss, *args, **kwargs)
+        self.trainer._run.loop.backward(loss, *args, **kwargs)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         optimizer.step(closure=optimizer_closure)
@@ -372,11 +376,31 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         """Build the module from a checkpoint's hyperparameters (``kwargs`` override them) and load its
         weights. Checkpoints load with ``torch.load(weights_only=True)`` unless ``weights_only=False`` is
         passed for a trusted file whose hyperparameters hold arbitrary Python objects."""
-        from raylit.checkpoint import load_module_from_checkpoint
-
-        return load_module_from_checkpoint(cls, checkpoint_path, map_location=map_location,
-                                           hparams_file=hparams_file, strict=strict, weights_only=weights_only,
-                                           **kwargs)
+        if not isinstance(cls, type):
+            raise TypeError("`load_from_checkpoint` is a class method: call it on the class, "
+                            "e.g. `MyModule.load_from_checkpoint(path)`")
+        ckpt = load_checkpoint_file(checkpoint_path, map_location=map_location, weights_only=weights_only)
+        hparams = hparams_from_checkpoint(ckpt, cls.CHECKPOINT_HYPER_PARAMS_KEY, hparams_file)
+        if not isinstance(hparams, dict):  # OmegaConf container saved by Lightning
+            model = cls(hparams, **kwargs)
+        else:
+            model = cls(**init_kwargs_from_hparams(cls, hparams, kwargs))
+        if is_overridden(model, "configure_model", LightningModule):
+            model.configure_model()
+        model.on_load_checkpoint(ckpt)
+        if strict is not None and model._strict_loading is not None and strict != model.strict_loading:
+            raise ValueError(f"You set `.load_from_checkpoint(..., strict={strict!r})` which is in conflict with "
+                             f"`{cls.__name__}.strict_loading={model.strict_loading!r}`. Load with "
+                             f"`strict={model.strict_loading!r}` instead.")
+        strict = model.strict_loading if strict is None else strict
+        result = model.load_state_dict(ckpt["state_dict"], strict=strict)
+        if not strict and (result.missing_keys or result.unexpected_keys):
+            warnings.warn(f"Loaded with strict=False: missing keys {result.missing_keys}, unexpected keys "
+                          f"{result.unexpected_keys}", UserWarning, stacklevel=2)
+        first = next(iter(ckpt["state_dict"].values()), None)
+        if isinstance(first, torch.Tensor):
+            model.to(first.device)
+        return model
 
     def __getstate__(self) -> dict[str, Any]:
         # the Trainer is not part of a module's picklable state (Ray ships modules to workers)

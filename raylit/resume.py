@@ -16,6 +16,7 @@ from typing import Any
 
 from raylit import fs
 from raylit.callbacks.base import Callback
+from raylit.checkpoint import CheckpointLoadError, load_checkpoint_file
 from raylit.utilities.clock import SharedDeadline
 
 _NAME = re.compile(r"^resume-step=(\d+)\.ckpt$")
@@ -51,6 +52,11 @@ class ResumeCheckpoint(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(every_n_train_steps=self.every_n_train_steps,
                                         every_n_seconds=self.every_n_seconds)
+
+    def last_checkpoint_candidates(self, trainer: Any) -> list[str]:
+        """For ``ckpt_path="last"``: this run's newest loadable resume checkpoint."""
+        latest = latest_resume_checkpoint(self.dirpath or fs.join(trainer.default_root_dir, "resume"))
+        return [latest] if latest else []
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.dirpath is None:
@@ -103,8 +109,6 @@ def list_resume_checkpoints(dirpath: str) -> list[str]:
 def latest_resume_checkpoint(dirpath: str, weights_only: bool | None = None) -> str | None:
     """The newest resume checkpoint in ``dirpath`` that loads; corrupt newer files are skipped with a warning
     naming them and the file used instead."""
-    from raylit.checkpoint import CheckpointLoadError, load_checkpoint_file
-
     skipped: list[str] = []
     for path in list_resume_checkpoints(dirpath):
         try:

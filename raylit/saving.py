@@ -8,6 +8,7 @@ Local paths use the ordinary filesystem. A path with a scheme (``s3://bucket/x.y
 from __future__ import annotations
 
 import enum
+import inspect
 import io
 import os
 import warnings
@@ -200,3 +201,24 @@ def _omegaconf_to_plain(value: Any) -> Any:
 
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# hyperparameters of a checkpoint, for load_from_checkpoint
+# ----------------------------------------------------------------------------------------------------------
+def init_kwargs_from_hparams(cls: type, hparams: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = {**hparams, **overrides}
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return merged
+    return {k: v for k, v in merged.items() if k in params}
+
+
+def hparams_from_checkpoint(ckpt: dict[str, Any], key: str, hparams_file: Any) -> dict[str, Any]:
+    if hparams_file is not None:
+        ext = os.path.splitext(str(hparams_file))[1].lower()
+        if ext not in (".yml", ".yaml"):
+            raise ValueError(f"hparams_file={hparams_file!r}: only .yaml/.yml files are supported")
+        return dict(load_hparams_from_yaml(hparams_file) or {})
+    hp = ckpt.get(key) or {}
+    return dict(hp) if isinstance(hp, dict) else hp

@@ -22,6 +22,13 @@ from raylit.runtime import Runtime
 WORLD = 2
 
 
+
+def _worker_spec(trainer, fn, model, **options):
+    """What the driver would hand the workers for ``trainer.<fn>(model, **options)``, seeded as on a driver."""
+    spec = trainer._spec(fn, model, **options)
+    spec.seed, spec.cwd = "5", None
+    return spec
+
 def _entry(rank: int, fn_name: str, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
@@ -434,8 +441,7 @@ def _check_trainer(rt: DistributedRuntime, rank: int) -> None:
             enable_progress_bar=True,
             num_sanity_val_steps=2,
         )
-        spec = {"trainer": trainer, "model": model, "fn": "fit", "kwargs": {}, "seed": "5", "cwd": None}
-        fit = run_worker(spec, "cpu", local_rank=rank)
+        fit = run_worker(_worker_spec(trainer, "fit", model), "cpu", local_rank=rank)
         assert (fit is None) == (rank == 1)
         if rank == 0:
             assert fit["results"]["state"]["global_step"] == 4  # 16 samples / 2 ranks / batch 4, 2 epochs
@@ -445,7 +451,7 @@ def _check_trainer(rt: DistributedRuntime, rank: int) -> None:
             ("test", lambda o: o[0]["val_count"] == 7),
             ("predict", lambda o: torch.cat(o).tolist() == list(range(9))),  # dataset order, 5 + 4 samples
         ):
-            got = run_worker({**spec, "fn": fn, "trainer": trainer, "model": model}, "cpu", local_rank=rank)
+            got = run_worker(_worker_spec(trainer, fn, model), "cpu", local_rank=rank)
             if rank == 0:
                 assert check(got["output"]), (fn, got["output"])
     finally:
@@ -489,8 +495,7 @@ def _check_shared_deadline(rt: DistributedRuntime, rank: int) -> None:
     trainer = Trainer(accelerator="cpu", devices=2, max_epochs=2, logger=False, enable_checkpointing=False,
                       enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
                       val_check_interval="00:00:00:00", callbacks=[counter])
-    spec = {"trainer": trainer, "model": _lightning_module(), "fn": "fit", "kwargs": {}, "seed": "5", "cwd": None}
-    run_worker(spec, "cpu", local_rank=rank)
+    run_worker(_worker_spec(trainer, "fit", _lightning_module()), "cpu", local_rank=rank)
     ends = rt.all_gather_object(counter.ends)
     assert ends[0] == ends[1] == [1, 2, 3, 4], ends  # 2 batches per rank and epoch, 2 epochs
 

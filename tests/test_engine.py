@@ -302,9 +302,9 @@ def test_seed_everything_workers_seeds_each_worker_reproducibly():
     assert len({x for batch in first for x in batch}) == 8
 
 
-# --- the fused training-batch path ------------------------------------------------------------------------
+# --- the one training step: hooks nobody overrides are skipped ------------------------------------------------
 class _HookLog(raylit.Callback):
-    """Overrides the per-batch hooks the fused path must still call, in their place."""
+    """Overrides the per-batch hooks the step skips when nobody overrides them; they must run in their place."""
 
     def __init__(self):
         self.calls = []
@@ -328,58 +328,37 @@ class _HookLog(raylit.Callback):
         self.calls.append(("end", batch_idx, trainer.global_step, round(float(outputs["loss"]), 6)))
 
 
-def _fit_for_paths(tmp_path, name, fused: bool, monkeypatch, with_hooks: bool):
-    from raylit.loop import Loop
-
-    taken = []
-    real = Loop._fast_path_applies
-
-    def decide(self):
-        ok = real(self) if fused else False
-        taken.append(ok)
-        return ok
-
-    monkeypatch.setattr(Loop, "_fast_path_applies", decide)
+def _fit_with_hooks(tmp_path, name, with_hooks: bool, **trainer_kwargs):
     torch.manual_seed(0)
     model = DropoutModel()
     hooks = _HookLog()
     csv = raylit.loggers.CSVLogger(tmp_path, name=name)
     trainer = raylit.Trainer(max_epochs=2, default_root_dir=tmp_path / name, logger=csv, log_every_n_steps=3,
                              callbacks=[hooks] if with_hooks else [], enable_progress_bar=False,
-                             enable_model_summary=False, enable_checkpointing=False)
+                             enable_model_summary=False, enable_checkpointing=False, **trainer_kwargs)
     trainer.fit(model)
-    monkeypatch.setattr(Loop, "_fast_path_applies", real)
     rows = (tmp_path / name / "version_0" / "metrics.csv").read_text()
-    return taken, _weights(model), hooks.calls, rows, dict(trainer.callback_metrics)
+    return _weights(model), hooks.calls, rows, dict(trainer.callback_metrics)
 
 
-@pytest.mark.parametrize("with_hooks", [False, True])
-def test_fused_batch_path_matches_the_general_one(tmp_path, monkeypatch, with_hooks):
-    """The fused path (one optimizer, automatic optimization, no accumulation, 32-bit) trains, logs and calls
-    the overridden batch hooks exactly as the general path does: same weights (bitwise), hook calls, metrics
-    rows and callback metrics."""
-    taken_f, w_f, calls_f, rows_f, cm_f = _fit_for_paths(tmp_path, "fused", True, monkeypatch, with_hooks)
-    taken_g, w_g, calls_g, rows_g, cm_g = _fit_for_paths(tmp_path, "general", False, monkeypatch, with_hooks)
-    assert taken_f == [True, True] and taken_g == [False, False]
-    assert w_f.keys() == w_g.keys() and all(torch.equal(w_f[k], w_g[k]) for k in w_f)
-    assert calls_f == calls_g and rows_f == rows_g
-    assert cm_f.keys() == cm_g.keys() and all(torch.equal(cm_f[k], cm_g[k]) for k in cm_f)
-    if with_hooks:
-        assert [c[0] for c in calls_f[:6]] == ["start", "zero_grad", "backward", "after_backward", "optimizer_step",
-                                               "end"]
-
-
-@pytest.mark.parametrize("kwargs", [dict(accumulate_grad_batches=2), dict(gradient_clip_val=0.5),
-                                    dict(precision="bf16-mixed")])
-def test_fused_batch_path_is_not_used_where_it_does_not_apply(tmp_path, monkeypatch, kwargs):
-    from raylit.loop import Loop
-
-    taken = []
-    real = Loop._fast_path_applies
-    monkeypatch.setattr(Loop, "_fast_path_applies", lambda self: taken.append(real(self)) or taken[-1])
-    raylit.Trainer(max_epochs=1, limit_train_batches=2, default_root_dir=tmp_path, **QUIET, **kwargs,
-                   enable_checkpointing=False).fit(DropoutModel())
-    assert taken == [False]
+@pytest.mark.parametrize("kwargs", [{}, dict(accumulate_grad_batches=2, gradient_clip_val=0.5,
+                                             precision="bf16-mixed")])
+def test_skipping_unused_batch_hooks_changes_nothing(tmp_path, kwargs):
+    """The training step skips batch hooks that no callback or module overrides. A callback that overrides
+    all of them (and only records) sees them in Lightning's order, and training is bitwise the same: weights,
+    metrics rows and callback metrics — for the default configuration and for bf16-mixed + accumulation +
+    clipping, which take the same step."""
+    w_plain, _, rows_plain, cm_plain = _fit_with_hooks(tmp_path, "plain", False, **kwargs)
+    w_hooked, calls, rows_hooked, cm_hooked = _fit_with_hooks(tmp_path, "hooked", True, **kwargs)
+    assert w_plain.keys() == w_hooked.keys() and all(torch.equal(w_plain[k], w_hooked[k]) for k in w_plain)
+    assert rows_plain == rows_hooked
+    assert cm_plain.keys() == cm_hooked.keys() and all(torch.equal(cm_plain[k], cm_hooked[k]) for k in cm_plain)
+    if not kwargs:
+        assert [c[0] for c in calls[:6]] == ["start", "zero_grad", "backward", "after_backward", "optimizer_step",
+                                             "end"]
+    else:  # accumulation over 2 batches: zero_grad on the first of each window, the optimizer on the second
+        assert [c[0] for c in calls[:9]] == ["start", "zero_grad", "backward", "after_backward", "end",
+                                             "start", "backward", "after_backward", "optimizer_step"]
 
 
 @pytest.mark.parametrize("value", ["00:00:01:30", {"minutes": 1, "seconds": 30}, "timedelta"])
@@ -390,4 +369,4 @@ def test_time_based_val_check_interval_keeps_the_value_passed(value):
 
     value = timedelta(minutes=1, seconds=30) if value == "timedelta" else value
     trainer = raylit.Trainer(val_check_interval=value, **QUIET)
-    assert trainer.val_check_interval == value and trainer._val_check_seconds == 90.0
+    assert trainer.val_check_interval == value and trainer.config.val_check_seconds == 90.0

@@ -94,6 +94,13 @@ class FSDPModel(raylit.LightningModule):
         return DataLoader(_Rows(8, seed=4), batch_size=4)
 
 
+
+def _worker_spec(trainer, fn, model, **options):
+    """What the driver would hand the workers for ``trainer.<fn>(model, **options)``, seeded as on a driver."""
+    spec = trainer._spec(fn, model, **options)
+    spec.seed, spec.cwd = "5", None
+    return spec
+
 def _trainer(**kwargs) -> raylit.Trainer:
     # gradient clipping: the norm is over the whole (sharded) gradient, so it must match one process too
     return raylit.Trainer(**{"accelerator": "cpu", "max_epochs": 2, "num_sanity_val_steps": 1,
@@ -141,9 +148,7 @@ def _fit(rank: int, strategy: str, callbacks=(), ckpt_path=None, **trainer_kwarg
     model = FSDPModel()
     trainer = _trainer(devices=2, strategy=strategy, callbacks=list(callbacks), enable_checkpointing=bool(callbacks),
                        **trainer_kwargs)
-    spec = {"trainer": trainer, "model": model, "fn": "fit", "kwargs": {"ckpt_path": ckpt_path}, "seed": "5",
-            "cwd": None}
-    out = run_worker(spec, "cpu", local_rank=rank)
+    out = run_worker(_worker_spec(trainer, "fit", model, ckpt_path=ckpt_path), "cpu", local_rank=rank)
     assert (out is None) == (rank != 0)
     # Every rank's module is ordinary again after fit: original class, full plain parameters.
     assert type(model) is FSDPModel and type(model.blocks[0]) is nn.Linear
@@ -168,8 +173,7 @@ def _check_summary_with_example_input(rank: int) -> None:
     model = FSDPModel()
     model.example_input_array = torch.zeros(3, 4)
     trainer = _trainer(devices=2, strategy="fsdp", max_epochs=1, limit_train_batches=1, callbacks=[Capture()])
-    run_worker({"trainer": trainer, "model": model, "fn": "fit", "kwargs": {}, "seed": "5", "cwd": None}, "cpu",
-               local_rank=rank)
+    run_worker(_worker_spec(trainer, "fit", model), "cpu", local_rank=rank)
     if rank == 0:
         assert len(tables) == 1 and "Out sizes" in tables[0], tables  # the example forward ran
     else:

@@ -11,6 +11,7 @@ checks several things.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import subprocess
 import sys
@@ -250,11 +251,12 @@ def test_user_ray_configs_win() -> None:
 
 def test_impossible_requests_fail_on_the_driver() -> None:
     t = _trainer(devices=2)
-    t._strategy_flag = "deepspeed"  # a strategy the launcher cannot run ("fsdp" runs: tests/test_fsdp.py)
+    # a strategy the launcher cannot run ("fsdp" runs: tests/test_fsdp.py)
+    t.config = dataclasses.replace(t.config, strategy="deepspeed")
     with pytest.raises(MisconfigurationException, match="not supported on Ray"):
         ray_launch.plan(t)
     t = _trainer(devices=2)
-    t._devices_flag, t._num_workers = 0, 0  # devices=0 as the launcher would see it
+    t.config = dataclasses.replace(t.config, devices=0, num_workers=0)  # devices=0 as the launcher would see it
     with pytest.raises(MisconfigurationException, match="no worker"):
         ray_launch.plan(t)
     with pytest.raises(MisconfigurationException):
@@ -271,7 +273,7 @@ class Unpicklable(ParityModule):
 def test_unpicklable_module_names_the_attribute() -> None:
     t = _trainer(devices=2)
     with pytest.raises(MisconfigurationException, match=r"`model\.helper\.lock` \(a _thread\.lock\)"):
-        ray_launch.pack(t, "fit", Unpicklable(), {})
+        ray_launch.pack(t._spec("fit", Unpicklable()))
 
 
 def test_connect_policy(monkeypatch) -> None:

@@ -30,6 +30,11 @@ class OnExceptionCheckpoint(Checkpoint):
     def ckpt_path(self) -> str:
         return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
+    def last_checkpoint_candidates(self, trainer: Any) -> list[str]:
+        # Lightning counts the file this callback writes as a "last" one
+        own = [self.ckpt_path] if os.path.exists(self.ckpt_path) else []
+        return super().last_checkpoint_candidates(trainer) + own
+
     def on_exception(self, trainer, *_: Any, **__: Any) -> None:
         trainer.save_checkpoint(self.ckpt_path)
 

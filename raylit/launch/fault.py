@@ -88,7 +88,7 @@ def driver_plan(trainer: Any, fn: str, run_config: Any) -> tuple[Any, dict | Non
     global _warned_off
     from ray.train import FailureConfig
 
-    user_config = trainer._run_config is not None
+    user_config = trainer.config.run_config is not None
     if not user_config:
         run_config = dataclasses.replace(run_config, failure_config=FailureConfig(max_failures=DEFAULT_MAX_FAILURES))
     max_failures = run_config.failure_config.max_failures
@@ -128,7 +128,7 @@ def _explicit_storage(trainer: Any, run_config: Any) -> bool:
     # RunConfig fills in ~/ray_results when storage_path is not given: that is the head node's disk, so only a
     # storage path the user chose counts (a custom storage_filesystem is not supported here)
     return (
-        trainer._run_config is not None
+        trainer.config.run_config is not None
         and run_config.storage_filesystem is None
         and os.path.expanduser(str(run_config.storage_path)) != os.path.expanduser(str(DEFAULT_STORAGE_PATH))
     )
@@ -256,14 +256,14 @@ def _quiet_worker_logs() -> None:
 # --------------------------------------------------------------------------------------------------------------
 # worker side (no Ray needed: ``runtime`` provides the collectives)
 # --------------------------------------------------------------------------------------------------------------
-def prepare_worker(spec: dict, trainer: Any, runtime: Any, fn: str, kwargs: dict) -> dict:
-    """Called on every worker before ``trainer._run``: installs the resume checkpoint and the logger continuity
-    callback, pins the loggers' versions, and returns the call's kwargs with ``ckpt_path`` set to the newest
+def prepare_worker(spec: Any, trainer: Any, runtime: Any) -> None:
+    """Called on every worker before its ``Run`` is built: installs the resume checkpoint and the logger
+    continuity callback, pins the loggers' versions, and sets the spec's ``ckpt_path`` to the newest
     loadable resume checkpoint of this run, if there is one (it wins over the user's ``ckpt_path``: it is
     newer progress of the same run)."""
-    plan = spec.get("fault")
-    if not plan or fn != "fit":
-        return kwargs
+    plan = spec.fault
+    if not plan or spec.fn != "fit":
+        return
     _quiet_worker_logs()
     from raylit.resume import ResumeCheckpoint, latest_resume_checkpoint
 
@@ -279,11 +279,11 @@ def prepare_worker(spec: dict, trainer: Any, runtime: Any, fn: str, kwargs: dict
     path = None
     if runtime.is_global_zero:
         _remove_partial_files(directory)
-        path = latest_resume_checkpoint(directory, weights_only=kwargs.get("weights_only"))
+        path = latest_resume_checkpoint(directory, weights_only=spec.weights_only)
     path = runtime.broadcast(path)
     _pin_logger_versions(trainer, runtime, directory)
     if path is None:
-        return kwargs
+        return
     readable = runtime.all_gather_object(fs.exists(path))
     if not all(readable):
         missing = [rank for rank, ok in enumerate(readable) if not ok]
@@ -295,7 +295,7 @@ def prepare_worker(spec: dict, trainer: Any, runtime: Any, fn: str, kwargs: dict
     if runtime.is_global_zero:
         continuity.snapshot_csv(trainer)
         print(f"raylit: restoring {path}", file=sys.stderr, flush=True)
-    return {**kwargs, "ckpt_path": path}
+    spec.ckpt_path = path
 
 
 def _remove_partial_files(directory: str) -> None:
@@ -390,10 +390,10 @@ class LoggerContinuity(Callback):
             return {}
         from raylit.loggers.csv_logs import CSVLogger
 
-        st = trainer._state
+        st = trainer._run.state
         state: dict[str, Any] = {
             "step": int(st.batches_that_stepped),
-            "eval_log_steps": [[str(k[0]), str(k[1]), k[2], v] for k, v in trainer._eval_log_steps.items()],
+            "eval_log_steps": [[str(k[0]), str(k[1]), k[2], v] for k, v in trainer._run.eval_log_steps.items()],
             "csv_rows": {},
             "pending_row": None,
         }
@@ -402,12 +402,12 @@ class LoggerContinuity(Callback):
                 lg.save()
                 state["csv_rows"][str(i)] = max(0, len(_csv_rows(lg.experiment.metrics_file_path)) - 1)
         pending = st.batch_pending
-        metrics = trainer._metrics
+        metrics = trainer._run.metrics
         # inside on_train_batch_end: the batch's step row is sent after the hooks, and a resumed run does not
         # recompute it (the batch is trained), so the checkpoint carries it
         if trainer.loggers and pending is not None and metrics.in_batch and metrics.store is not None:
             accumulate = pending[2]
-            if not accumulate and (trainer._should_log_step() or trainer.fast_dev_run):
+            if not accumulate and (trainer._run.loop.should_log_step() or trainer.fast_dev_run):
                 state["pending_row"] = _logger_row(trainer, metrics.store.views(True)[1])
         return state
 
@@ -415,7 +415,7 @@ class LoggerContinuity(Callback):
         # Every rank runs this at the same point of a save, so the per-rank sums behind this epoch's `on_epoch`
         # values (a mean over the epoch so far) can be gathered: a mid-epoch restore continues them, and the
         # epoch row then holds the same value as in an uninterrupted run.
-        mine = _epoch_accumulators(trainer._train_store)
+        mine = _epoch_accumulators(trainer._run.train_store)
         everyone = trainer._runtime.all_gather_object(mine)
         state = {**self._rank_zero_state(), "train_epoch_per_rank": everyone}
         checkpoint.setdefault("raylit", {})[self.state_key] = state
@@ -429,10 +429,10 @@ class LoggerContinuity(Callback):
         if trainer is None or not state:
             return
         for fn, stage, idx, count in state.get("eval_log_steps", []):
-            trainer._eval_log_steps[(fn, stage, idx)] = count
+            trainer._run.eval_log_steps[(fn, stage, idx)] = count
         per_rank = state.get("train_epoch_per_rank")
         if per_rank and len(per_rank) == trainer.world_size:
-            _restore_epoch_accumulators(trainer._train_store, per_rank[trainer.global_rank], trainer._runtime.device)
+            _restore_epoch_accumulators(trainer._run.train_store, per_rank[trainer.global_rank], trainer._runtime.device)
         if not trainer.is_global_zero:
             return
         from raylit.loggers.csv_logs import CSVLogger

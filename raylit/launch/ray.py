@@ -26,6 +26,7 @@ dataset order, and return the results from rank 0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -35,6 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from raylit.launch.spec import RunSpec, pack, unpack
 from raylit.utilities.exceptions import MisconfigurationException
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,8 @@ class Plan:
 
 def plan(trainer: Any) -> Plan:
     """Validate the Lightning flags for a Ray run and derive the worker layout (no Ray needed)."""
-    strategy = trainer._strategy_flag
+    config = trainer.config
+    strategy = config.strategy
     if not isinstance(strategy, str):
         raise MisconfigurationException(
             f"Trainer(strategy={strategy!r}): raylit on Ray runs DDP; pass one of {sorted(DDP_STRATEGIES)} or a "
@@ -105,25 +108,25 @@ def plan(trainer: Any) -> Plan:
             f"device, gradients all-reduced). Use strategy='ddp' (or 'auto'), 'ddp_find_unused_parameters_true' "
             f"if some parameters get no gradient, or devices=1 for a single process."
         )
-    devices = trainer._devices_flag
-    if devices in (0, "0") or trainer._num_workers < 1:
+    devices = config.devices
+    if devices in (0, "0") or config.num_workers < 1:
         raise MisconfigurationException(
-            f"Trainer(devices={devices!r}, num_nodes={trainer._num_nodes}) asks for no worker at all. Use "
+            f"Trainer(devices={devices!r}, num_nodes={config.num_nodes}) asks for no worker at all. Use "
             f"devices>=1 (processes per node), or a ScalingConfig with num_workers>=1."
         )
-    accelerator = trainer._accelerator_flag
+    accelerator = config.accelerator
     if accelerator not in ("cpu", "cuda", "gpu", "auto"):
         raise MisconfigurationException(
             f"Trainer(accelerator={accelerator!r}) cannot run on Ray workers; use 'cpu', 'gpu' or 'auto'."
         )
-    explicit = trainer._scaling_config is not None
-    num_workers = int(trainer._num_workers)
-    num_nodes = int(trainer._num_nodes)
+    explicit = config.scaling_config is not None
+    num_workers = int(config.num_workers)
+    num_nodes = int(config.num_nodes)
     if not explicit and num_workers % num_nodes:
         raise MisconfigurationException(f"{num_workers} workers cannot be spread evenly over num_nodes={num_nodes}")
     # The Trainer resolves "auto" from this machine; a cluster's GPUs may be elsewhere, so keep the user's
     # original word when we can see it.
-    user_accel = str(getattr(trainer, "_init_flags", {}).get("accelerator", accelerator)).lower()
+    user_accel = str(config.kwargs.get("accelerator", accelerator)).lower()
     use_gpu = None if user_accel == "auto" else accelerator in ("cuda", "gpu")
     return Plan(
         num_workers=num_workers,
@@ -139,8 +142,8 @@ def scaling_config(trainer: Any, p: Plan, cluster_gpus: float, cpus_per_worker: 
     """The ScalingConfig to run with: the user's as given, else one worker per device, placed by num_nodes."""
     from ray.train import ScalingConfig
 
-    if trainer._scaling_config is not None:
-        return trainer._scaling_config
+    if trainer.config.scaling_config is not None:
+        return trainer.config.scaling_config
     use_gpu = p.use_gpu if p.use_gpu is not None else cluster_gpus > 0
     if p.num_nodes == 1:
         placement = "PACK"  # prefer one node, but do not hang when no single node has room
@@ -159,82 +162,12 @@ def scaling_config(trainer: Any, p: Plan, cluster_gpus: float, cpus_per_worker: 
 def run_config(trainer: Any, fn: str) -> Any:
     import ray.train
 
-    if trainer._run_config is not None:
-        return trainer._run_config
+    if trainer.config.run_config is not None:
+        return trainer.config.run_config
     return ray.train.RunConfig(
         name=f"raylit-{fn}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),
     )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# 2. pack
-# --------------------------------------------------------------------------------------------------------------
-def pack(trainer: Any, fn: str, model: Any, kwargs: dict) -> bytes:
-    """Pickle everything the workers need; name the attribute that cannot be pickled, if any."""
-    from ray import cloudpickle
-
-    spec = {
-        "trainer": trainer,
-        "fn": fn,
-        "model": model,
-        "kwargs": kwargs,
-        "seed": os.environ.get("PL_GLOBAL_SEED"),
-        "seed_workers": os.environ.get("PL_SEED_WORKERS"),
-        "cwd": os.getcwd(),
-    }
-    try:
-        return cloudpickle.dumps(spec)
-    except Exception as err:
-        roots = {"model": model, "trainer": trainer, **{k: v for k, v in kwargs.items() if v is not None}}
-        for name, obj in roots.items():
-            found = _find_unpicklable(obj, name)
-            if found is not None:
-                path, culprit, why = found
-                hint = (
-                    "Create it in `setup()` (which runs on every worker) instead of `__init__`, or drop it in "
-                    "`__getstate__`."
-                    if name == "model"
-                    else "Objects handed to the Trainer travel to the Ray workers by pickling."
-                )
-                raise MisconfigurationException(
-                    f"raylit sends your {name} to the Ray workers by pickling it, but `{path}` (a "
-                    f"{type(culprit).__module__}.{type(culprit).__qualname__}) cannot be pickled: {why}. {hint}"
-                ) from err
-        raise MisconfigurationException(f"raylit could not pickle the run for the Ray workers: {err!r}") from err
-
-
-def _find_unpicklable(obj: Any, path: str, depth: int = 0, seen: set | None = None) -> tuple | None:
-    """The deepest attribute path under ``obj`` that fails to pickle, with the object and the error."""
-    from ray import cloudpickle
-
-    seen = set() if seen is None else seen
-    if id(obj) in seen or depth > 8:
-        return None
-    seen.add(id(obj))
-    try:
-        cloudpickle.dumps(obj)
-        return None
-    except Exception as err:
-        why = f"{type(err).__name__}: {err}"
-    children: list[tuple[str, Any]] = []
-    if isinstance(obj, dict):
-        children = [(f"{path}[{k!r}]", v) for k, v in obj.items()]
-    elif isinstance(obj, (list, tuple, set)):
-        children = [(f"{path}[{i}]", v) for i, v in enumerate(obj)]
-    else:
-        state = getattr(obj, "__dict__", None)
-        if isinstance(state, dict):
-            for k, v in state.items():
-                if k in ("_modules", "_parameters", "_buffers") and isinstance(v, dict):
-                    children += [(f"{path}.{name}", sub) for name, sub in v.items()]  # nn.Module children
-                else:
-                    children.append((f"{path}.{k}", v))
-    for child_path, child in children:
-        found = _find_unpicklable(child, child_path, depth + 1, seen)
-        if found is not None:
-            return found
-    return path, obj, why
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -341,21 +274,26 @@ def check_resources(scaling: Any, p: Plan) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # launch
 # --------------------------------------------------------------------------------------------------------------
-def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
-    """Run ``trainer.<fn>(model, **kwargs)`` on Ray workers and return what the public method returns."""
+def launch(trainer: Any, spec: Any) -> Any:
+    """Run ``spec`` (``trainer.<fn>(...)``) on Ray workers and return what the public method returns."""
+    from raylit.launch import fault
+
     p = plan(trainer)
-    payload = pack(trainer, fn, model, kwargs)
+    fn = spec.fn
+    # fault tolerance (raylit/launch/fault.py): restarts, and the resume directory every attempt restores from
+    run_cfg, spec.fault = fault.driver_plan(trainer, fn, run_config(trainer, fn))
+    payload = pack(spec)
 
     import ray
     from ray.train.torch import TorchTrainer
 
     from raylit import ray_data
-    from raylit.launch import fault
+    from raylit.launch.local import build_run
 
     # Ray Data's tasks need CPUs beyond the workers' (raylit/ray_data.py). A private local Ray always gets one
     # logical CPU to spare, since datasets made in setup() are invisible here; on a cluster we size the workers
     # when the driver can see the Dataset, and rank 0 checks the real placement before splitting it.
-    data_cpus = ray_data.data_cpus_needed(model, *kwargs.values())
+    data_cpus = ray_data.data_cpus_needed(spec.module, spec.datamodule, *spec.data.values())
     cpus_needed = p.num_workers + max(1.0, data_cpus or 0.0) if p.explicit_scaling is False else 0
     gpus_needed = p.num_workers if p.use_gpu else 0
     connect(cpus_needed, gpus_needed)
@@ -377,8 +315,6 @@ def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
         "isatty": _isatty(sys.stdout),
         "columns": _terminal_columns(),
     }
-    # fault tolerance (raylit/launch/fault.py): restarts, and the resume directory every attempt restores from
-    run_cfg, config["fault"] = fault.driver_plan(trainer, fn, run_config(trainer, fn))
     torch_trainer = TorchTrainer(
         _worker_main, train_loop_config=config, scaling_config=scaling, run_config=run_cfg
     )
@@ -397,7 +333,7 @@ def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
     from ray import cloudpickle
 
     out = cloudpickle.loads(result.return_value)
-    trainer._import_results(out["results"], model)
+    build_run(spec, trainer).adopt(out["results"])
     for lg, version in zip(trainer.loggers, out.get("logger_versions", [])):
         if version is not None and getattr(lg, "_version", 0) is None:
             lg._version = version
@@ -586,8 +522,7 @@ def _worker_main(config: dict) -> bytes | None:
     from ray import cloudpickle
 
     ctx = ray.train.get_context()
-    spec = cloudpickle.loads(ray.get(config["payload"]))
-    spec["fault"] = config.get("fault")  # fault tolerance: see raylit/launch/fault.py
+    spec = unpack(ray.get(config["payload"]))
     if config.get("columns"):
         os.environ.setdefault("COLUMNS", str(config["columns"]))  # progress bars size to the driver's terminal
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
@@ -600,64 +535,60 @@ def _worker_main(config: dict) -> bytes | None:
     return cloudpickle.dumps(out) if out is not None else None
 
 
-def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0) -> dict | None:
+def run_worker(spec: RunSpec, device: Any, local_rank: int = 0, node_rank: int = 0) -> dict | None:
     """One worker's part of the run, without Ray: it needs an initialised torch.distributed group (Ray Train
-    makes it; tests make it by hand). ``spec`` is what ``pack`` pickled. Returns ``{"results", "output"}`` on
-    global rank 0, None elsewhere."""
+    makes it; tests make it by hand). Builds this worker's Trainer view and ``Run`` from the spec. Returns
+    ``{"results", "output", "logger_versions"}`` on global rank 0, None elsewhere."""
     import torch
 
     from raylit.distributed import DistributedRuntime
+    from raylit.run import Run
+    from raylit.trainer import Trainer
     from raylit.utilities.seed import seed_everything
 
-    trainer, model, fn, kwargs = spec["trainer"], spec["model"], spec["fn"], spec["kwargs"]
+    config = spec.config
     runtime_cls = DistributedRuntime
-    if trainer._strategy_flag == "fsdp":  # shard the module with FSDP2 instead of wrapping it in DDP
+    if config.strategy == "fsdp":  # shard the module with FSDP2 instead of wrapping it in DDP
         from raylit.fsdp import FSDPRuntime as runtime_cls
-    if spec.get("seed") is not None:
+    if spec.seed is not None:
         # Lightning re-runs the user's script (and its seed_everything) on every rank; here the driver's seed
         # is re-applied instead, so every rank starts from the same RNG state, as it would under Lightning.
-        seed_everything(int(spec["seed"]), workers=spec.get("seed_workers") == "1", verbose=False)
-    if spec.get("cwd") and os.path.isdir(spec["cwd"]):
+        seed_everything(int(spec.seed), workers=spec.seed_workers == "1", verbose=False)
+    if spec.cwd and os.path.isdir(spec.cwd):
         # Relative paths (lightning_logs/, checkpoints) then mean what they mean on the driver, as long as the
         # directory exists on this node (always on a local instance; on a cluster, with shared storage).
-        os.chdir(spec["cwd"])
+        os.chdir(spec.cwd)
     runtime = runtime_cls(
         device,
         local_rank=local_rank,
         node_rank=node_rank,
-        sync_batchnorm=bool(trainer.sync_batchnorm),
-        use_distributed_sampler=bool(trainer.use_distributed_sampler),
-        find_unused_parameters=str(trainer._strategy_flag).endswith("_find_unused_parameters_true"),
+        sync_batchnorm=bool(config.sync_batchnorm),
+        use_distributed_sampler=bool(config.use_distributed_sampler),
+        find_unused_parameters=config.strategy.endswith("_find_unused_parameters_true"),
     )
     runtime.num_nodes = int(runtime.reduce(torch.tensor(node_rank), "max").item()) + 1
-    # The runtime converts BatchNorm itself (on CPU too, and back at teardown); keep the Trainer from
-    # converting first with torch's CUDA-only SyncBatchNorm.
-    trainer.sync_batchnorm = False
-    trainer._runtime = runtime
-    trainer._on_worker = True
-    if trainer._precision.device != runtime.device:
-        # The driver built it for its own device (often a CPU-only head node); autocast and the grad scaler
-        # must target the worker's device.
-        from raylit.precision import Precision
-
-        trainer._precision = Precision(trainer._precision_name, runtime.device)
+    # The runtime converts BatchNorm itself (on CPU too, and back at teardown): the run must not convert first
+    # with torch's CUDA-only SyncBatchNorm.
+    spec.config = config = dataclasses.replace(config, sync_batchnorm=False)
+    trainer = Trainer._for_spec(spec)
 
     from raylit.launch import fault  # fault tolerance: restore this run's newest resume checkpoint, if any
 
-    kwargs = fault.prepare_worker(spec, trainer, runtime, fn, kwargs)
-    output = trainer._run(fn, model, **kwargs)
-    if fn == "predict":
-        output = _gather_predictions(runtime, trainer, output)
+    fault.prepare_worker(spec, trainer, runtime)
+    run = Run(spec, runtime, trainer)
+    output = run.execute()
+    if spec.fn == "predict":
+        output = _gather_predictions(runtime, run, output)
     runtime.teardown()  # first: FSDP gathers the full weights back into the module (a collective)
-    results = trainer._export_results() if runtime.is_global_zero else None
     if not runtime.is_global_zero:
         return None
     # The version each logger picked (version_N) is decided on rank 0; without it the driver's logger objects
     # would pick the *next* free version when asked for log_dir.
     versions = [getattr(lg, "_version", None) for lg in trainer.loggers]
-    return {"results": results, "output": output, "logger_versions": versions}
+    return {"results": run.export_results(), "output": output, "logger_versions": versions}
 
-def _gather_predictions(runtime: Any, trainer: Any, output: Any) -> Any:
+
+def _gather_predictions(runtime: Any, run: Any, output: Any) -> Any:
     """Every rank's predictions, concatenated in rank order. The predict sampler gives each rank a contiguous
     chunk of the dataset, so this is dataset order (batch boundaries may differ from a one-process run)."""
     import torch
@@ -668,6 +599,6 @@ def _gather_predictions(runtime: Any, trainer: Any, output: Any) -> Any:
     everyone = runtime.all_gather_object(local)
     if runtime.global_rank != 0 or output is None:
         return output
-    if len(trainer._predict_loaders or []) > 1:
+    if len(run.loaders.predict or []) > 1:
         return [[p for rank_out in everyone for p in rank_out[i]] for i in range(len(output))]
     return [p for rank_out in everyone for p in rank_out]

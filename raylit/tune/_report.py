@@ -93,7 +93,7 @@ class TuneReportCallback(Callback):
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.stopped:
             return
-        if self._pending or not trainer._validation_enabled():
+        if self._pending or not trainer._run.loop.validation_enabled():
             self._pending = False
             self._report(trainer)
 

@@ -320,7 +320,7 @@ def trial_trainer(trainer: Any, overrides: dict[str, Any], trial_dir: str, callb
     default ModelCheckpoint gives way to Tune's checkpoints unless the user configured checkpointing."""
     from raylit.callbacks.checkpoint import Checkpoint
 
-    init = trainer._init_kwargs
+    init = trainer.config.kwargs
     user_callbacks = init.get("callbacks")
     if user_callbacks is None:
         user_callbacks = []
@@ -339,7 +339,7 @@ def trial_trainer(trainer: Any, overrides: dict[str, Any], trial_dir: str, callb
 
 
 def _is_multi_worker(trainer: Any, overrides: dict[str, Any]) -> bool:
-    return trainer._num_workers > 1 or trainer._scaling_config is not None
+    return trainer.config.uses_ray
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ class Tuner:
         check_trainer_keys(trainer, self.param_space)
         self.tune_config = tune_config if tune_config is not None else tune.TuneConfig()
         if checkpoint_frequency is None:
-            checkpoint_frequency = 0 if trainer._init_kwargs.get("enable_checkpointing") is False else 1
+            checkpoint_frequency = 0 if trainer.config.kwargs.get("enable_checkpointing") is False else 1
         if not isinstance(checkpoint_frequency, int) or checkpoint_frequency < 0:
             raise ValueError(f"checkpoint_frequency={checkpoint_frequency!r}: expected an int >= 0")
         self._pbt = _needs_checkpoints(self.tune_config.scheduler)
@@ -90,7 +90,7 @@ class Tuner:
                 "disabled (Trainer(enable_checkpointing=False) or checkpoint_frequency=0). Remove that, or use a "
                 "scheduler that only stops trials (ASHAScheduler, MedianStoppingRule)."
             )
-        self._multi_worker = trainer._num_workers > 1 or trainer._scaling_config is not None
+        self._multi_worker = trainer.config.uses_ray
         if reuse_actors is None:
             reuse_actors = self.tune_config.reuse_actors or not self._multi_worker
         self.tune_config = dataclasses.replace(self.tune_config, reuse_actors=bool(reuse_actors))
@@ -201,7 +201,7 @@ class Tuner:
         self = cls.__new__(cls)
         self.spec, self._watch, self._pbt, self._resources = spec, _ErrorWatch(), None, None
         self.param_space, self.tune_config, self.run_config = param_space or {}, None, None
-        self._multi_worker = spec.trainer._num_workers > 1 or spec.trainer._scaling_config is not None
+        self._multi_worker = spec.trainer.config.uses_ray
         self._tuner = tune.Tuner.restore(
             path,
             make_trainable(spec, default_resources(spec.trainer)),
@@ -314,13 +314,13 @@ def connect_ray() -> None:
 
 
 def default_resources(trainer: Any) -> dict[str, float]:
-    if trainer._num_workers > 1 or trainer._scaling_config is not None:
+    if trainer.config.uses_ray:
         # The trial actor only drives; the Ray Train workers reserve their own resources (in their own placement
         # group). A CPU share, however small, would leave e.g. 1.99 CPUs on a 2-CPU machine, too few for two
         # 1-CPU workers; Tune refuses an empty request, so the actor asks for one byte of memory.
         return {"memory": 1}
     resources = {"CPU": 1.0}
-    if trainer._accelerator_flag == "cuda":
+    if trainer.config.accelerator == "cuda":
         resources["GPU"] = 1.0
     return resources
 
@@ -330,12 +330,12 @@ def multi_worker_concurrency(trainer: Any) -> int:
     import ray
 
     total = ray.cluster_resources()
-    scaling = trainer._scaling_config
+    scaling = trainer.config.scaling_config
     per_worker = dict(getattr(scaling, "resources_per_worker", None) or {}) if scaling is not None else {}
     per_worker.setdefault("CPU", 1.0)
-    if trainer._accelerator_flag == "cuda" or getattr(scaling, "use_gpu", False):
+    if trainer.config.accelerator == "cuda" or getattr(scaling, "use_gpu", False):
         per_worker.setdefault("GPU", 1.0)
-    fits = min(int(total.get(k, 0.0) // (v * trainer._num_workers)) for k, v in per_worker.items() if v > 0)
+    fits = min(int(total.get(k, 0.0) // (v * trainer.config.num_workers)) for k, v in per_worker.items() if v > 0)
     return max(1, fits)
 
 

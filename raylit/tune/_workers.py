@@ -101,7 +101,7 @@ def fit_multi_worker(
     ctx = tune.get_context()
     # a fresh Ray Train run name per start: reusing one would make Train auto-resume its own last snapshot
     name = f"train-{ctx.get_trial_id()}-{os.getpid()}-{threading.get_ident() % 10000}-{_counter()}"
-    run_config = spec.trainer._run_config
+    run_config = spec.trainer.config.run_config
     if run_config is None:
         run_config = ray.train.RunConfig(
             name=name,

@@ -1,0 +1,160 @@
+"""Which dataloaders a run uses, how many batches it takes from each, and when they are reloaded.
+
+A ``Loaders`` belongs to one ``Run``. Loaders come from the ``fit``/``validate``/... arguments, else from the
+datamodule's ``*_dataloader`` hook when it overrides it, else from the module's. On several workers they get
+a distributed sampler (``runtime.setup_dataloader``). The validation *cadence* (when to validate) is the
+loop's; the batch count it is based on (``val_check_batch``) is set here, when the training data is loaded.
+"""
+
+import math
+import os
+from typing import Any
+
+from raylit.data import as_eval_list, as_train_loader, limit_batches, without_shuffle
+from raylit.datamodule import LightningDataModule
+from raylit.module import LightningModule
+from raylit.state import TrainerFn
+from raylit.utilities.clock import SharedDeadline
+from raylit.utilities.exceptions import MisconfigurationException
+from raylit.utilities.model_helpers import is_overridden
+
+_HOOKS = {"train": "train_dataloader", "validate": "val_dataloader", "test": "test_dataloader",
+          "predict": "predict_dataloader"}
+
+
+class Loaders:
+    def __init__(self, run: Any, given: dict[str, Any], previous: "Loaders | None" = None) -> None:
+        self.run = run
+        self.given = given  # loaders passed to fit/validate/test/predict, by stage
+        self.train: Any = None
+        self.val: list | None = None
+        self.test: list | None = None
+        self.predict: list | None = None
+        self.num_training_batches: int | float = math.inf
+        self.val_check_batch: int | float | None = math.inf
+        self.val_deadline: SharedDeadline | None = None
+        self.last_train_load_epoch = 0
+        self.last_val_load_epoch = 0
+        self._val_enabled: bool | None = None
+        if previous is not None and run.fn != "fit":
+            # as in Lightning, a later validate/test/predict keeps what fit knew about the training data
+            self.train, self.num_training_batches = previous.train, previous.num_training_batches
+            self.val_check_batch = previous.val_check_batch
+
+    # --- where loaders come from ----------------------------------------------------------------------------
+    def defined(self, stage: str) -> bool:
+        if self.given.get(stage) is not None:
+            return True
+        run = self.run
+        if run.datamodule is not None and is_overridden(run.datamodule, _HOOKS[stage], LightningDataModule):
+            return True
+        return is_overridden(run.module, _HOOKS[stage], LightningModule)
+
+    def _request(self, stage: str) -> Any:
+        given = self.given.get(stage)
+        if given is not None:
+            return given
+        run, hook = self.run, _HOOKS[stage]
+        if run.datamodule is not None and is_overridden(run.datamodule, hook, LightningDataModule):
+            return run.hooks.datamodule_hook(hook)
+        return run.hooks.module_hook(hook)
+
+    def _prepare(self, loader: Any, stage: str) -> Any:
+        run, config = self.run, self.run.config
+        if os.environ.get("PL_SEED_WORKERS") == "1":
+            from raylit.utilities.seed import add_worker_init_fn
+
+            add_worker_init_fn(loader, run.runtime.global_rank)
+        overfit = config.overfit_batches > 0 and stage in ("train", "val")
+        if overfit:
+            loader = without_shuffle(loader)
+        if config.use_distributed_sampler and run.runtime.distributed:
+            loader = run.runtime.setup_dataloader(loader, stage, shuffle=False if overfit else None)
+        return loader
+
+    # --- training data ------------------------------------------------------------------------------------
+    def load_train(self) -> None:
+        if not self.defined("train"):
+            raise MisconfigurationException(
+                "No `train_dataloader()` method defined. Lightning `Trainer` expects as minimum a `training_step()`, "
+                "`train_dataloader()` and `configure_optimizers()` to be defined.")
+        config = self.run.config
+        self.train = self._prepare(as_train_loader(self._request("train")), "train")
+        self.last_train_load_epoch = self.run.state.current_epoch
+        n = self.num_training_batches = limit_batches(self.train, config.limit_train_batches, "train")
+        interval = config.val_check_interval
+        if config.val_check_seconds is not None:
+            # time-based: validation when the interval has passed since the training data was loaded or since
+            # the last validation ended (not at every epoch end); rank 0's clock decides for every rank
+            self.val_check_batch = None
+            self.val_deadline = SharedDeadline(config.val_check_seconds)
+        elif isinstance(interval, int):
+            if n != math.inf and interval > n and config.check_val_every_n_epoch is not None:
+                raise ValueError(
+                    f"`val_check_interval` ({interval}) must be less than or equal to the number of the training "
+                    f"batches ({n}). If you want to disable validation set `limit_val_batches` to 0.0 instead. If you "
+                    "want to validate based on the total training batches, set `check_val_every_n_epoch=None`.")
+            self.val_check_batch = interval
+        elif n == math.inf:
+            if interval != 1.0:
+                raise MisconfigurationException("When using an IterableDataset without `__len__`, "
+                                                "`val_check_interval` must be 1.0 or an int.")
+            self.val_check_batch = math.inf
+        else:
+            self.val_check_batch = max(1, int(n * interval))
+
+    def maybe_reload_train(self) -> None:
+        n = self.run.config.reload_dataloaders_every_n_epochs
+        if self.train is None or (n and self.run.state.current_epoch - self.last_train_load_epoch >= n):
+            self.load_train()
+
+    # --- evaluation data ------------------------------------------------------------------------------------
+    def should_reload_val(self) -> bool:
+        n = self.run.config.reload_dataloaders_every_n_epochs
+        return bool(n) and self.run.status.fn == TrainerFn.FITTING and \
+            self.run.state.current_epoch - self.last_val_load_epoch >= n
+
+    def load_eval(self, fn: str) -> list:
+        if fn != "fit" and not self.defined(fn):
+            if fn == "validate" and self.run.status.fn == TrainerFn.FITTING:
+                return []
+            raise MisconfigurationException(f"No `{_HOOKS[fn]}()` method defined to run `Trainer.{fn}`.")
+        stage = {"validate": "val", "test": "test", "predict": "predict"}[fn]
+        loaders = [self._prepare(dl, stage) for dl in as_eval_list(self._request(fn))]
+        if fn == "validate":
+            self.val = loaders
+            self.last_val_load_epoch = self.run.state.current_epoch
+        elif fn == "test":
+            self.test = loaders
+        else:
+            self.predict = loaders
+        return loaders
+
+    def eval_limits(self, fn: str) -> list[int | float]:
+        config = self.run.config
+        loaders, limit, name = {
+            "validate": (self.val, config.limit_val_batches, "val"),
+            "test": (self.test, config.limit_test_batches, "test"),
+            "predict": (self.predict, config.limit_predict_batches, "predict"),
+        }[fn]
+        return [limit_batches(dl, limit, name) for dl in (loaders or [])]
+
+    def validation_enabled(self) -> bool:
+        if self._val_enabled is None:
+            run = self.run
+            self._val_enabled = run.config.limit_val_batches != 0 and self.defined("validate") and \
+                is_overridden(run.module, "validation_step", LightningModule)
+        return self._val_enabled
+
+    def estimated_stepping_batches(self) -> int | float:
+        """Optimizer steps the whole fit will take (for OneCycleLR-style schedulers)."""
+        config = self.run.config
+        if config.max_epochs == -1:
+            return math.inf if config.max_steps == -1 else config.max_steps
+        if self.train is None:
+            self.load_train()
+        n = self.num_training_batches
+        if n == math.inf:
+            return config.max_steps
+        total = math.ceil(n / config.accumulate_grad_batches) * max(config.max_epochs, 1)
+        return min(total, config.max_steps) if config.max_steps != -1 else total
