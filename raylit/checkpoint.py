@@ -43,8 +43,10 @@ def load_checkpoint_file(path: Any, map_location: Any = None, weights_only: bool
                 f"{path} holds Python objects that a safe load (weights_only=True) refuses: {str(e).splitlines()[0]}"
                 " If you trust this file, load it with `weights_only=False`.") from e
         raise CheckpointLoadError(f"{path} is not a valid checkpoint (unpickling failed: {e})") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointLoadError(f"{path} is not a valid checkpoint or is truncated/corrupt: {e}") from e
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        # a text file or another foreign format fails deep inside the unpickler with any of these
+        raise CheckpointLoadError(f"{path} is not a valid checkpoint or is truncated/corrupt: "
+                                  f"{type(e).__name__}: {e}") from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointLoadError(f"{path} is not a Lightning/raylit checkpoint (no 'state_dict' key)")
     return ckpt

@@ -6,18 +6,18 @@ next to the loop that does them. It never imports Ray: rank, collectives and DDP
 See ``raylit/hooks.py`` for the hook order in pseudocode.
 """
 
-import inspect
 import math
 import warnings
 from typing import Any
 
 import torch
 
-from raylit.data import lookahead, sequential_lookahead
-from raylit.metrics import ResultStore
+from raylit.data import lookahead
+from raylit.evaluation import run_evaluation
 from raylit.state import RunningStage
 from raylit.utilities.apply_func import move_data_to_device
 from raylit.utilities.exceptions import MisconfigurationException
+from raylit.utilities.model_helpers import accepts_arg
 from raylit.utilities.seed import isolate_rng, rng_state, set_rng_state
 
 # hooks of a training batch that the step skips outright when neither a callback nor the module overrides them
@@ -25,16 +25,6 @@ _BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_zero_gr
                 "on_after_backward", "on_before_optimizer_step")
 _NONE_IN_DDP = ("Skipping the `training_step` by returning None in distributed training is not supported: all "
                 "ranks must run backward so gradients can be synchronised.")
-
-
-def _accepts(fn: Any, name: str, min_args: int) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return True
-    if name in params or any(p.kind is p.VAR_POSITIONAL for p in params.values()):
-        return True
-    return len(params) >= min_args
 
 
 class _StopEpoch(Exception):
@@ -66,7 +56,7 @@ class Loop:
     def _takes_idx(self, name: str) -> bool:
         takes = self._step_takes_idx.get(name)
         if takes is None:
-            takes = self._step_takes_idx[name] = _accepts(getattr(self.module, name), "batch_idx", 2)
+            takes = self._step_takes_idx[name] = accepts_arg(getattr(self.module, name), "batch_idx", 2)
         return takes
 
     def _step(self, name: str, *args: Any) -> Any:
@@ -170,7 +160,7 @@ class Loop:
         status.stage = RunningStage.SANITY_CHECKING
         with isolate_rng():  # the sanity check must not change what training draws
             hooks.callbacks_hook("on_sanity_check_start")
-            self.run_evaluation("validate", sanity=True)
+            run_evaluation(self, "validate", sanity=True)
             hooks.callbacks_hook("on_sanity_check_end")
         status.stage = stage
         self.metrics.reset_views()
@@ -326,7 +316,7 @@ class Loop:
             run.status.stage = RunningStage.VALIDATING
             if not accumulate:
                 self.hooks.module_hook("on_validation_model_zero_grad")
-            self.run_evaluation("validate")
+            run_evaluation(self, "validate")
             if run.loaders.val_deadline is not None:
                 run.loaders.val_deadline.restart()  # a time interval counts from the end of the last validation
             run.status.stage = RunningStage.TRAINING
@@ -399,123 +389,6 @@ class Loop:
                     continue
             self.hooks.module_hook("lr_scheduler_step", cfg.scheduler, metric)
             st.scheduler_steps += 1
-
-    # --- evaluation ---------------------------------------------------------------------------------------
-    def run_evaluation(self, fn: str, sanity: bool = False) -> list[dict[str, float]]:
-        """One validation or test run over every eval dataloader; returns the epoch metrics per loader."""
-        run, hooks, metrics, loaders = self.run, self.hooks, self.metrics, self.run.loaders
-        if not self._default:
-            self._cache_decisions()
-        name = "validation" if fn == "validate" else "test"
-        dls = loaders.load_eval(fn) if fn == "test" or loaders.val is None or loaders.should_reload_val() \
-            else loaders.val
-        limits = [min(run.config.num_sanity_val_steps, n) for n in loaders.eval_limits(fn)] if sanity \
-            else loaders.eval_limits(fn)
-        if not dls or sum(limits) == 0:
-            return []
-        run.status.stage = RunningStage.SANITY_CHECKING if sanity else \
-            (RunningStage.VALIDATING if fn == "validate" else RunningStage.TESTING)
-        multi = len(dls) > 1
-        step_name = f"{name}_step"
-        if multi and not _accepts(getattr(self.module, step_name), "dataloader_idx", 3):
-            raise RuntimeError(f"You provided multiple {name} dataloaders, but your `{step_name}` does not "
-                               "accept `dataloader_idx`: add `dataloader_idx=0` to its signature")
-        prev_store = metrics.store
-        store = metrics.store = ResultStore(training=False, runtime=self.runtime)
-        metrics.in_batch = False
-        batches = sequential_lookahead([(lambda dl=dl: iter(dl)) for dl in dls], limits)
-        modes = {m: m.training for m in self.module.modules()}
-        # validation inside fit uses no_grad: tensors made under inference_mode cannot enter autograd later
-        in_fit = run.status.fn == "fit"
-        grad_ctx = torch.inference_mode() if run.config.inference_mode and not in_fit else torch.no_grad()
-        outputs_per_loader: list[dict[str, Any]] = []
-        with grad_ctx:
-            hooks.module_hook(f"on_{name}_model_eval")
-            hooks.both(f"on_{name}_start")
-            hooks.both(f"on_{name}_epoch_start")
-            current_dl = None
-            for dl_idx, batch_idx, batch, _ in batches:
-                if multi and dl_idx != current_dl:
-                    if current_dl is not None:
-                        outputs_per_loader.append(self._loader_epoch_end(sanity))
-                    current_dl = dl_idx
-                batch = self._transfer(batch, dl_idx)
-                metrics.begin_batch(batch, dl_idx if multi else None)
-                args = (batch, batch_idx, dl_idx) if multi else (batch, batch_idx)
-                hooks.callbacks_hook(f"on_{name}_batch_start", *args)
-                hooks.module_hook(f"on_{name}_batch_start", *args)
-                out = self._step(step_name, *args)
-                hooks.callbacks_hook(f"on_{name}_batch_end", out, *args)
-                hooks.module_hook(f"on_{name}_batch_end", out, *args)
-                log = metrics.end_batch()
-                if not sanity and log:
-                    key = (run.status.fn, fn, dl_idx)
-                    step = run.eval_log_steps.get(key, 0)
-                    metrics.send_to_loggers(log, step=step)
-                    run.eval_log_steps[key] = step + 1
-            outputs_per_loader.append(self._loader_epoch_end(sanity))
-            store.dataloader_idx = None
-            metrics.in_batch = False
-            hooks.both(f"on_{name}_epoch_end")
-            epoch_end_log = {} if sanity else metrics.epoch_log_metrics()
-            for out in outputs_per_loader:
-                out.update(epoch_end_log)
-            if not sanity:
-                combined: dict[str, Any] = {}
-                for out in outputs_per_loader:
-                    combined.update(out)
-                metrics.send_to_loggers(combined)
-            hooks.both(f"on_{name}_end")
-            hooks.module_hook(f"on_{name}_model_train")
-            for m, training in modes.items():
-                m.training = training
-        metrics.store = prev_store
-        store.reset()  # also resets logged torchmetrics objects, so the next run starts clean
-        return [{k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in out.items()}
-                for out in outputs_per_loader]
-
-    def _loader_epoch_end(self, sanity: bool) -> dict[str, Any]:
-        self.metrics.end_epoch()  # all ranks: cross-rank reductions of this loader's values happen here
-        return {} if sanity else dict(self.metrics.epoch_log_metrics())
-
-    # --- predict ------------------------------------------------------------------------------------------
-    def run_predict(self, return_predictions: bool) -> list | None:
-        run, hooks = self.run, self.hooks
-        self._cache_decisions()
-        dls = run.loaders.load_eval("predict")
-        limits = run.loaders.eval_limits("predict")
-        if not dls or sum(limits) == 0:
-            return [] if return_predictions else None
-        multi = len(dls) > 1
-        if multi and not _accepts(self.module.predict_step, "dataloader_idx", 3):
-            raise RuntimeError("You provided multiple predict dataloaders, but your `predict_step` does not accept "
-                               "`dataloader_idx`")
-        predictions: list[list[Any]] = [[] for _ in dls]
-        batches = sequential_lookahead([(lambda dl=dl: iter(dl)) for dl in dls], limits)
-        grad_ctx = torch.inference_mode() if run.config.inference_mode else torch.no_grad()
-        modes = {m: m.training for m in self.module.modules()}
-        with grad_ctx:
-            hooks.module_hook("on_predict_model_eval")
-            hooks.both("on_predict_start")
-            hooks.both("on_predict_epoch_start")
-            for dl_idx, batch_idx, batch, _ in batches:
-                batch = self._transfer(batch, dl_idx)
-                args = (batch, batch_idx, dl_idx) if multi else (batch, batch_idx)
-                hooks.callbacks_hook("on_predict_batch_start", *args)
-                hooks.module_hook("on_predict_batch_start", *args)
-                out = self._step("predict_step", *args)
-                hooks.callbacks_hook("on_predict_batch_end", out, *args)
-                hooks.module_hook("on_predict_batch_end", out, *args)
-                if return_predictions:
-                    predictions[dl_idx].append(out)
-            hooks.both("on_predict_epoch_end")
-            hooks.both("on_predict_end")
-        for m, training in modes.items():
-            m.training = training
-        if not return_predictions:
-            return None
-        return predictions if multi else predictions[0]
-
 
 def _do_nothing() -> None:
     return None

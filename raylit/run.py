@@ -13,6 +13,7 @@ import torch
 
 from raylit import checkpoint as ckpt_io
 from raylit.callbacks.base import Callback
+from raylit.evaluation import run_evaluation, run_predict
 from raylit.hooks import HookDispatcher
 from raylit.loaders import Loaders
 from raylit.loop import Loop
@@ -69,9 +70,9 @@ class Run:
                 with torch.autograd.set_detect_anomaly(self.config.detect_anomaly):
                     result = loop.run_fit()
             elif self.fn == "predict":
-                result = loop.run_predict(spec.return_predictions)
+                result = run_predict(loop, spec.return_predictions)
             else:
-                result = loop.run_evaluation(self.fn)
+                result = run_evaluation(loop, self.fn)
                 if spec.verbose and self.runtime.is_global_zero and result:
                     _print_results(result, self.fn)
             self._teardown("success")

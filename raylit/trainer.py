@@ -252,17 +252,10 @@ class Trainer:
     def should_stop(self, value: bool) -> None:
         self._run.state.should_stop = value
 
-    @property
-    def callback_metrics(self) -> dict[str, torch.Tensor]:
-        return self._run.metrics.views()[0] if self._run is not None else {}
-
-    @property
-    def logged_metrics(self) -> dict[str, torch.Tensor]:
-        return self._run.metrics.views()[1] if self._run is not None else {}
-
-    @property
-    def progress_bar_metrics(self) -> dict[str, float]:
-        return self._run.metrics.views()[2] if self._run is not None else {}
+    # what self.log produced: (callback_metrics, logged_metrics, progress_bar_metrics) of the current run
+    callback_metrics = property(lambda self: self._run.metrics.views()[0] if self._run is not None else {})
+    logged_metrics = property(lambda self: self._run.metrics.views()[1] if self._run is not None else {})
+    progress_bar_metrics = property(lambda self: self._run.metrics.views()[2] if self._run is not None else {})
 
     # --- loggers and callbacks --------------------------------------------------------------------------------
     @property
@@ -281,25 +274,12 @@ class Trainer:
         d = getattr(lg, "log_dir", None) or getattr(lg, "save_dir", None)
         return d if d is not None else self.default_root_dir
 
-    @property
-    def checkpoint_callbacks(self) -> list[Checkpoint]:
-        return [cb for cb in self.callbacks if isinstance(cb, Checkpoint)]
-
-    @property
-    def checkpoint_callback(self) -> Checkpoint | None:
-        return next(iter(self.checkpoint_callbacks), None)
-
-    @property
-    def early_stopping_callbacks(self) -> list[Callback]:
-        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
-
-    @property
-    def early_stopping_callback(self) -> Callback | None:
-        return next(iter(self.early_stopping_callbacks), None)
-
-    @property
-    def progress_bar_callback(self) -> Callback | None:
-        return next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
+    checkpoint_callbacks = property(lambda self: [cb for cb in self.callbacks if isinstance(cb, Checkpoint)])
+    checkpoint_callback = property(lambda self: next(iter(self.checkpoint_callbacks), None))
+    early_stopping_callbacks = property(lambda self: [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)])
+    early_stopping_callback = property(lambda self: next(iter(self.early_stopping_callbacks), None))
+    progress_bar_callback = property(lambda self: next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)),
+                                                       None))
 
     # --- stages ---------------------------------------------------------------------------------------------
     training = _stage_flag(RunningStage.TRAINING)

@@ -1,67 +1,14 @@
-"""Turning the Trainer's arguments into validated settings: devices, batch limits, loggers, callbacks.
-
-Each function raises a clear error naming the argument, the value and what is accepted, before any run.
-"""
+"""The Trainer's default loggers and callbacks, built from its arguments (the settings themselves are checked in
+raylit/config.py). Each function raises a clear error naming the argument, the value and what is accepted."""
 
 from collections.abc import Iterable
 from typing import Any
-
-import torch
 
 from raylit.callbacks.base import Callback
 from raylit.callbacks.checkpoint import Checkpoint
 from raylit.loggers.base import DummyLogger, Logger
 from raylit.utilities.exceptions import MisconfigurationException
 
-
-def check_limit(value: Any, name: str) -> int | float:
-    if value is None:
-        return 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MisconfigurationException(f"`{name}` must be a float in the range [0.0, 1.0] or an int, got {value!r}.")
-    if isinstance(value, float) and value > 1.0:
-        if value.is_integer():
-            return int(value)
-        raise MisconfigurationException(f"`{name}` must be a float in the range [0.0, 1.0] or an int, got {value}.")
-    if value < 0:
-        raise MisconfigurationException(f"`{name}` must be a float in the range [0.0, 1.0] or an int, got {value}.")
-    return value
-
-
-def parse_devices(devices: Any, accelerator: str) -> list[int]:
-    def bad() -> MisconfigurationException:
-        accepted = ("an int > 0 (number of processes)" if accelerator == "cpu" else
-                    "an int > 0, -1 (all GPUs), a list of GPU ids, or a string such as '0,1'")
-        return MisconfigurationException(
-            f"`Trainer(devices={devices!r})` is not valid with accelerator={accelerator!r}: expected {accepted} "
-            "or 'auto'.")
-
-    if devices == "auto" or devices is None:
-        if accelerator == "cuda":
-            return list(range(max(torch.cuda.device_count(), 1)))
-        return [0]
-    if isinstance(devices, bool):
-        raise bad()
-    if isinstance(devices, str):
-        s = devices.strip()
-        if s in ("-1",) and accelerator == "cuda":
-            return list(range(max(torch.cuda.device_count(), 1)))
-        if "," in s and accelerator == "cuda":
-            return [int(x) for x in s.split(",") if x.strip()]
-        try:
-            devices = int(s)
-        except ValueError:
-            raise bad() from None
-    if isinstance(devices, int):
-        if devices == -1 and accelerator == "cuda":
-            return list(range(max(torch.cuda.device_count(), 1)))
-        if devices <= 0:
-            raise bad()
-        return list(range(devices))
-    if isinstance(devices, (list, tuple)) and accelerator == "cuda" and devices and \
-            all(isinstance(d, int) and d >= 0 for d in devices):
-        return list(devices)
-    raise bad()
 
 def build_loggers(logger: Any, default_root_dir: str, fast_dev_run: int | bool) -> list[Logger]:
     if logger is None or logger is True:

@@ -180,6 +180,17 @@ def test_truncated_or_foreign_files_give_clear_errors(tmp_path):
         DropoutModel.load_from_checkpoint(text)
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         DropoutModel.load_from_checkpoint(tmp_path / "missing.ckpt")
+    # a longer text file fails inside the unpickler with a KeyError (issue 13): still the named, clear error
+    prose = tmp_path / "readme.txt"
+    prose.write_text("hello world, this is a plain text file and not a checkpoint at all\n" * 3)
+    with pytest.raises(CheckpointLoadError, match="readme.txt.*not a valid checkpoint"):
+        DropoutModel.load_from_checkpoint(prose)
+
+
+@pytest.mark.parametrize("value", [-1, -5, 1.5, True])
+def test_bad_log_every_n_steps_is_refused_naming_the_argument(value):
+    with pytest.raises(MisconfigurationException, match=r"log_every_n_steps=.*must be an int >= 0"):
+        raylit.Trainer(log_every_n_steps=value)
 
 
 class _Unpicklable:

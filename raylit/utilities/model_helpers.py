@@ -1,5 +1,6 @@
 """Small helpers about user classes (Lightning's ``utilities.model_helpers``)."""
 
+import inspect
 from typing import Any
 
 
@@ -12,3 +13,15 @@ def is_overridden(obj: Any, name: str, base: type) -> bool:
         return True
     impl = getattr(type(obj), name, None)
     return impl is not None and impl is not getattr(base, name, None)
+
+
+def accepts_arg(fn: Any, name: str, min_args: int) -> bool:
+    """Whether ``fn`` can be called with argument ``name`` (by name, through ``*args``, or with at least
+    ``min_args`` positional parameters)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    if name in params or any(p.kind is p.VAR_POSITIONAL for p in params.values()):
+        return True
+    return len(params) >= min_args
