@@ -18,6 +18,7 @@ import torch
 
 from raylit.precision import canonical_precision
 from raylit.utilities.exceptions import MisconfigurationException
+from raylit.utilities.rank_zero import rank_zero_info
 
 STRATEGIES = frozenset({
     "auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "single_device", "fsdp",
@@ -187,13 +188,16 @@ def _check_limits(v: dict[str, Any]) -> None:
         v["min_epochs"] = 0
     for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
                  "overfit_batches"):
+        _say_what_one_means(name, v[name])
         v[name] = check_limit(v[name], name)
     if v["overfit_batches"] > 0:
         v["limit_train_batches"] = v["limit_val_batches"] = v["overfit_batches"]
 
 
 def _check_val_cadence(v: dict[str, Any]) -> None:
-    interval = 1.0 if v["val_check_interval"] is None else v["val_check_interval"]
+    given = v["val_check_interval"]
+    _say_what_one_means("val_check_interval", given)
+    interval = 1.0 if given is None else given
     seconds = _val_check_seconds(interval)  # time-based (Lightning 2.6), or None
     if seconds is None and (isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0
                             or (isinstance(interval, float) and interval > 1.0)):
@@ -206,6 +210,11 @@ def _check_val_cadence(v: dict[str, Any]) -> None:
     if every is not None and (not isinstance(every, int) or every < 1):
         raise MisconfigurationException(
             f"`check_val_every_n_epoch` should be an integer >= 1 or None, found {every!r}.")
+    if every is None and isinstance(given, float):
+        raise MisconfigurationException(
+            f"`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
+            f"datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`, found "
+            f"{given!r}: a fraction of an epoch means nothing without epochs.")
     sanity = 2 if v["num_sanity_val_steps"] is None else v["num_sanity_val_steps"]
     if not isinstance(sanity, int) or isinstance(sanity, bool) or sanity < -1:
         raise MisconfigurationException(
@@ -250,6 +259,21 @@ def _apply_fast_dev_run(v: dict[str, Any]) -> None:
     v.update(limit_test_batches=n, limit_predict_batches=n, max_steps=n, max_epochs=1, num_sanity_val_steps=0,
              val_check_interval=1.0, check_val_every_n_epoch=1,
              val_check_seconds=None)  # time is not applicable in fast_dev_run
+
+
+def _say_what_one_means(name: str, value: Any) -> None:
+    """1 and 1.0 mean different things (one batch / all batches); say which one the user got, as Lightning does."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and value == 1:
+        what = {"limit_train_batches": "1 batch per epoch will be used.",
+                "val_check_interval": "validation will run after every batch."}.get(name, "1 batch will be used.")
+        rank_zero_info(f"`Trainer({name}=1)` was configured so {what}")
+    elif isinstance(value, float) and value == 1.0:
+        what = {"limit_train_batches": "100% of the batches per epoch will be used.",
+                "val_check_interval": "validation will run at the end of the training epoch."
+                }.get(name, "100% of the batches will be used.")
+        rank_zero_info(f"`Trainer({name}=1.0)` was configured so {what}.")
 
 
 # --- value parsers ----------------------------------------------------------------------------------------

@@ -79,9 +79,12 @@ def run_evaluation(loop: Any, fn: str, sanity: bool = False) -> list[dict[str, f
                 combined.update(out)
             metrics.send_to_loggers(combined)
         hooks.both(f"on_{name}_end")
-        hooks.module_hook(f"on_{name}_model_train")
-        for m, training in modes.items():
-            m.training = training
+        if hooks.uses_default(f"on_{name}_model_train"):
+            # every submodule goes back to the mode it had, so a submodule the user froze in eval mode stays so
+            for m, training in modes.items():
+                m.training = training
+        else:
+            hooks.module_hook(f"on_{name}_model_train")
     metrics.store = prev_store
     store.reset()  # also resets logged torchmetrics objects, so the next run starts clean
     return [{k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in out.items()}

@@ -84,7 +84,7 @@ class HookDispatcher:
             self._cb_cache[key] = methods
         return methods
 
-    def callbacks_hook(self, name: str, *args: Any, after_module: bool | None = None) -> None:
+    def callbacks_hook(self, name: str, *args: Any, after_module: bool | None = None, **kwargs: Any) -> None:
         methods = self._callback_methods(name, after_module)
         if not methods:
             return
@@ -93,7 +93,7 @@ class HookDispatcher:
         module.__dict__["_current_fx_name"] = name
         try:
             for m in methods:
-                m(trainer, module, *args)
+                m(trainer, module, *args, **kwargs)
         finally:
             module.__dict__["_current_fx_name"] = prev
 
@@ -101,10 +101,13 @@ class HookDispatcher:
         if name in self._lm_skip:
             return None
         module = self.module
+        fn = getattr(module, name)
+        if fn is None:  # `model.on_validation_model_train = None`: Lightning's way to switch a hook off
+            return None
         prev = module._current_fx_name
         module.__dict__["_current_fx_name"] = name
         try:
-            return getattr(module, name)(*args, **kwargs)
+            return fn(*args, **kwargs)
         finally:
             module.__dict__["_current_fx_name"] = prev
 
@@ -113,14 +116,14 @@ class HookDispatcher:
         self.callbacks_hook(name, *args)
         return self.module_hook(name, *args)
 
-    def datamodule_hook(self, name: str, *args: Any) -> Any:
+    def datamodule_hook(self, name: str, *args: Any, **kwargs: Any) -> Any:
         dm = self.datamodule
         if dm is None or not is_overridden(dm, name, self._dm_base):
             return None
         prev = self.module._current_fx_name
         self.module.__dict__["_current_fx_name"] = name
         try:
-            return getattr(dm, name)(*args)
+            return getattr(dm, name)(*args, **kwargs)
         finally:
             self.module.__dict__["_current_fx_name"] = prev
 

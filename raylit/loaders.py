@@ -79,6 +79,9 @@ class Loaders:
                 "No `train_dataloader()` method defined. Lightning `Trainer` expects as minimum a `training_step()`, "
                 "`train_dataloader()` and `configure_optimizers()` to be defined.")
         config = self.run.config
+        if config.limit_train_batches == 0:  # as in Lightning: no train_dataloader() call, no training
+            self.num_training_batches, self.val_check_batch = 0, math.inf
+            return
         self.train = self._prepare(as_train_loader(self._request("train")), "train")
         self.last_train_load_epoch = self.run.state.current_epoch
         n = self.num_training_batches = limit_batches(self.train, config.limit_train_batches, "train")
@@ -105,7 +108,7 @@ class Loaders:
 
     def maybe_reload_train(self) -> None:
         n = self.run.config.reload_dataloaders_every_n_epochs
-        if self.train is None or (n and self.run.state.current_epoch - self.last_train_load_epoch >= n):
+        if (self.train is None and self.num_training_batches != 0) or (n and self.run.state.current_epoch - self.last_train_load_epoch >= n):
             self.load_train()
 
     # --- evaluation data ------------------------------------------------------------------------------------
@@ -120,6 +123,8 @@ class Loaders:
                 return []
             raise MisconfigurationException(f"No `{_HOOKS[fn]}()` method defined to run `Trainer.{fn}`.")
         stage = {"validate": "val", "test": "test", "predict": "predict"}[fn]
+        if getattr(self.run.config, f"limit_{stage}_batches") == 0:
+            return []  # as in Lightning: a stage limited to 0 batches never asks for its dataloaders
         loaders = [self._prepare(dl, stage) for dl in as_eval_list(self._request(fn))]
         if fn == "validate":
             self.val = loaders

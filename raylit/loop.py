@@ -147,7 +147,6 @@ class Loop:
             loaders.load_eval("validate")
         if self._fit_done():
             return
-        self.module.train()
         hooks.both("on_train_start")
         while not self._fit_done():
             self.run_train_epoch()
@@ -306,8 +305,8 @@ class Loop:
             self.hooks.both("on_before_optimizer_step", optimizer)
         if self._clip and self.module.automatic_optimization:  # the default hook clips nothing without a value
             config = self.run.config
-            self.hooks.module_hook("configure_gradient_clipping", optimizer, config.gradient_clip_val,
-                                   config.gradient_clip_algorithm)
+            self.hooks.module_hook("configure_gradient_clipping", optimizer, gradient_clip_val=config.gradient_clip_val,
+                                   gradient_clip_algorithm=config.gradient_clip_algorithm)
 
     def _finish_batch(self, batch_idx: int, is_last: bool, accumulate: bool) -> None:
         """Validation when due, plateau schedulers, and the loggers' step: the end of a training batch."""

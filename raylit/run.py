@@ -13,6 +13,7 @@ import torch
 
 from raylit import checkpoint as ckpt_io
 from raylit.callbacks.base import Callback
+from raylit.callbacks.timer import Timer
 from raylit.evaluation import run_evaluation, run_predict
 from raylit.hooks import HookDispatcher
 from raylit.loaders import Loaders
@@ -25,6 +26,8 @@ from raylit.state import RunningStage, TrainerFn, TrainerState, TrainerStatus, T
 from raylit.trainer_args import reorder_callbacks
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.model_helpers import is_overridden
+from raylit.utilities.rank_zero import rank_zero_warn
+from raylit.utilities.warnings import PossibleUserWarning
 
 _STAGES = {"fit": RunningStage.TRAINING, "validate": RunningStage.VALIDATING, "test": RunningStage.TESTING,
            "predict": RunningStage.PREDICTING}
@@ -97,15 +100,21 @@ class Run:
 
     def _setup(self) -> None:
         spec, hooks, module, runtime, fn = self.spec, self.hooks, self.module, self.runtime, self.fn
+        if fn == "fit" and self.config.kwargs.get("max_epochs", 0) is None and self.config.max_steps == -1:
+            if any(isinstance(cb, Timer) for cb in self.trainer.callbacks):
+                self.trainer.max_epochs = -1  # the Timer ends the run
+            elif self.config.max_epochs == 1000:
+                rank_zero_warn("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch "
+                               "limit, set `max_epochs=-1`.", category=PossibleUserWarning)
         self._merge_model_callbacks()
         hooks = self.hooks
         if runtime.local_rank == 0:
             hooks.datamodule_hook("prepare_data")
             hooks.module_hook("prepare_data")
         runtime.barrier("prepare_data")
-        hooks.datamodule_hook("setup", fn)
-        hooks.callbacks_hook("setup", fn)
-        hooks.module_hook("setup", fn)
+        hooks.datamodule_hook("setup", stage=fn)  # by keyword, as Lightning calls them
+        hooks.callbacks_hook("setup", stage=fn)
+        hooks.module_hook("setup", stage=fn)
         if is_overridden(module, "configure_model", LightningModule):
             with self.precision.init_context():
                 hooks.module_hook("configure_model")
@@ -133,9 +142,9 @@ class Run:
             if module.device.type != "cpu":
                 module.to("cpu")
             hooks.both("on_fit_end")
-        hooks.datamodule_hook("teardown", fn)
-        hooks.callbacks_hook("teardown", fn)
-        hooks.module_hook("teardown", fn)
+        hooks.datamodule_hook("teardown", stage=fn)
+        hooks.callbacks_hook("teardown", stage=fn)
+        hooks.module_hook("teardown", stage=fn)
         if self.runtime.is_global_zero:
             for lg in self.trainer.loggers:
                 lg.finalize(status)

@@ -27,6 +27,17 @@ class RunningStage(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    @property
+    def evaluating(self) -> bool:
+        return self in (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
+
+    @property
+    def dataloader_prefix(self) -> str | None:
+        """The stage's name in dataloader hooks and metric keys: "train", "val", "test" or "predict"."""
+        if self in (RunningStage.VALIDATING, RunningStage.SANITY_CHECKING):
+            return "val"
+        return self.value
+
 
 class TrainerStatus(str, Enum):
     INITIALIZING = "initializing"
@@ -37,6 +48,11 @@ class TrainerStatus(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    @property
+    def stopped(self) -> bool:
+        """The run is over, finished or interrupted."""
+        return self in (TrainerStatus.FINISHED, TrainerStatus.INTERRUPTED)
+
 
 @dataclass
 class TrainerState:
@@ -45,6 +61,14 @@ class TrainerState:
     status: TrainerStatus = TrainerStatus.INITIALIZING
     fn: TrainerFn | None = None
     stage: RunningStage | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == TrainerStatus.FINISHED
+
+    @property
+    def stopped(self) -> bool:
+        return self.status.stopped
 
 
 # the attributes a checkpoint saves and restores, in one list

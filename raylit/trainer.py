@@ -243,6 +243,7 @@ class Trainer:
     global_step = property(lambda self: self._run.state.global_step if self._run is not None else 0)
     is_last_batch = property(lambda self: self._run is not None and self._run.state.is_last_batch)
     received_sigterm = property(lambda self: False)
+    enable_validation = property(lambda self: self._run is not None and self._run.loaders.validation_enabled())
 
     @property
     def should_stop(self) -> bool:

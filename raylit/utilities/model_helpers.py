@@ -6,11 +6,13 @@ from typing import Any
 
 def is_overridden(obj: Any, name: str, base: type) -> bool:
     """Whether ``obj`` (an instance) has its own ``name`` rather than ``base``'s: a subclass method, or one
-    assigned on the instance (LambdaCallback, ``LightningDataModule.from_datasets``)."""
+    assigned on the instance (LambdaCallback, ``LightningDataModule.from_datasets``). A hook set to None
+    (``model.val_dataloader = None``, Lightning's way to switch one off) is not overridden."""
     if obj is None:
         return False
-    if name in getattr(obj, "__dict__", {}):
-        return True
+    own = getattr(obj, "__dict__", {})
+    if name in own:
+        return own[name] is not None
     impl = getattr(type(obj), name, None)
     return impl is not None and impl is not getattr(base, name, None)
 

@@ -1,0 +1,204 @@
+"""Lightning behaviours users rely on, checked under Lightning and raylit alike (issue 10's themes).
+
+Each test runs the same program under ``pytorch_lightning`` and ``raylit`` and asserts the same outcome for
+both: when Lightning changes, the reference half fails first and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import _parity_helpers as H
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+QUIET = dict(H.QUIET)
+
+
+@pytest.fixture(params=H.FRAMEWORKS)
+def pl(request):
+    mod = H.import_framework(request.param)
+    H.quiet_logging()
+    return mod
+
+
+def _model_cls(pl):
+    class Model(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(32, 2)
+            self.calls: list = []
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.calls.append("validation_step")
+            self.log("val_loss", self.layer(batch).sum())
+
+        def test_step(self, batch, batch_idx):
+            self.log("test_loss", self.layer(batch).sum())
+
+        def predict_step(self, batch, batch_idx):
+            return self.layer(batch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return H.loader(4)
+
+        def val_dataloader(self):
+            self.calls.append("val_dataloader")
+            return H.loader(4)
+
+        def test_dataloader(self):
+            self.calls.append("test_dataloader")
+            return H.loader(4)
+
+        def predict_dataloader(self):
+            return H.loader(4)
+
+    return Model
+
+
+def _fit(pl, model, tmp_path, **kwargs):
+    trainer = pl.Trainer(default_root_dir=tmp_path, **{**QUIET, "max_epochs": 1, **kwargs})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model)
+    return trainer
+
+
+# --- switching things off the Lightning way -----------------------------------------------------------------
+def test_hooks_set_to_none_are_switched_off(pl, tmp_path):
+    """``model.val_dataloader = None`` / ``model.validation_step = None`` disable validation and
+    ``model.on_validation_model_train = None`` skips that hook, instead of crashing."""
+    model = _model_cls(pl)()
+    model.val_dataloader = None
+    model.validation_step = None
+    trainer = _fit(pl, model, tmp_path)
+    assert trainer.state.finished and trainer.global_step == 2 and model.calls == []
+    assert trainer.enable_validation is False
+
+    model = _model_cls(pl)()
+    model.on_validation_model_train = None
+    trainer = _fit(pl, model, tmp_path, num_sanity_val_steps=0)
+    assert model.calls.count("validation_step") == 2 and trainer.enable_validation is True
+
+
+def test_a_stage_limited_to_zero_batches_never_asks_for_its_dataloader(pl, tmp_path):
+    model = _model_cls(pl)()
+    trainer = _fit(pl, model, tmp_path, limit_val_batches=0, limit_test_batches=0)
+    assert "val_dataloader" not in model.calls
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert trainer.test(model, verbose=False) == []
+    assert "test_dataloader" not in model.calls
+
+
+# --- modes and hook arguments -------------------------------------------------------------------------------
+def test_a_frozen_submodule_stays_in_eval_mode(pl, tmp_path):
+    """A submodule the user put in eval mode keeps it through training, validation, test and predict (a frozen
+    BatchNorm must not start tracking statistics after the first validation)."""
+    seen = []
+
+    class Frozen(_model_cls(pl)):
+        def __init__(self):
+            super().__init__()
+            self.frozen = nn.BatchNorm1d(32).eval()
+
+        def training_step(self, batch, batch_idx):
+            seen.append(("train", self.layer.training, self.frozen.training))
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            seen.append(("val", self.layer.training, self.frozen.training))
+            return super().validation_step(batch, batch_idx)
+
+    model = Frozen()
+    trainer = _fit(pl, model, tmp_path, max_epochs=2, num_sanity_val_steps=1)
+    assert {s for s in seen if s[0] == "train"} == {("train", True, False)}
+    assert {s for s in seen if s[0] == "val"} == {("val", False, False)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.predict(model)
+    assert model.layer.training and not model.frozen.training
+
+
+def test_setup_and_teardown_get_the_stage_by_keyword(pl, tmp_path):
+    got = []
+
+    class Recorder(pl.Callback):
+        def setup(self, trainer, pl_module, **kwargs):
+            got.append(("callback.setup", kwargs))
+
+        def teardown(self, trainer, pl_module, **kwargs):
+            got.append(("callback.teardown", kwargs))
+
+    class Model(_model_cls(pl)):
+        def setup(self, **kwargs):
+            got.append(("module.setup", kwargs))
+
+        def teardown(self, **kwargs):
+            got.append(("module.teardown", kwargs))
+
+    _fit(pl, Model(), tmp_path, callbacks=[Recorder()], limit_val_batches=0)
+    assert got == [("callback.setup", {"stage": "fit"}), ("module.setup", {"stage": "fit"}),
+                   ("callback.teardown", {"stage": "fit"}), ("module.teardown", {"stage": "fit"})]
+
+
+# --- state and stage objects ----------------------------------------------------------------------------------
+def test_trainer_state_and_stage_properties(pl, tmp_path):
+    states = pl.trainer.states if hasattr(pl, "trainer") and hasattr(pl.trainer, "states") else None
+    stage_cls = states.RunningStage if states is not None else H.submodule(pl, "state").RunningStage
+    assert [s.dataloader_prefix for s in stage_cls] == ["train", "val", "val", "test", "predict"]
+    trainer = _fit(pl, _model_cls(pl)(), tmp_path, limit_val_batches=1)
+    assert trainer.state.finished and trainer.state.stopped  # stopped: finished or interrupted
+
+
+# --- what Lightning says about a configuration ----------------------------------------------------------------
+@pytest.mark.parametrize("name", ["limit_train_batches", "limit_val_batches", "val_check_interval"])
+@pytest.mark.parametrize("value", [1, 1.0])
+def test_one_and_one_point_zero_are_explained(pl, name, value, caplog):
+    logger_name = "raylit" if pl.__name__ == "raylit" else "pytorch_lightning"
+    logging.getLogger(logger_name).propagate = True
+    with caplog.at_level(logging.INFO, logger=logger_name):
+        pl.Trainer(**QUIET, **{name: value})
+    assert f"`Trainer({name}={value})` was configured so" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=logger_name):
+        pl.Trainer(**QUIET)
+    assert "was configured so" not in caplog.text
+
+
+def test_max_epochs_not_set_warns_at_fit(pl, tmp_path):
+    class StopAtOnce(_model_cls(pl)):
+        def training_step(self, batch, batch_idx):
+            self.trainer.should_stop = True
+            return super().training_step(batch, batch_idx)
+
+    category = H.submodule(pl, "utilities.warnings").PossibleUserWarning
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, limit_train_batches=1, limit_val_batches=0)
+    with pytest.warns(category, match="`max_epochs` was not set. Setting it to 1000 epochs."):
+        trainer.fit(StopAtOnce())
+    assert trainer.max_epochs == 1000 and trainer.current_epoch == 1
+
+
+def test_a_fraction_of_an_epoch_needs_epochs(pl):
+    exc = H.submodule(pl, "utilities.exceptions").MisconfigurationException
+    with pytest.raises(exc, match="should be an integer or a time-based duration"):
+        pl.Trainer(**QUIET, val_check_interval=0.5, check_val_every_n_epoch=None)
+    pl.Trainer(**QUIET, check_val_every_n_epoch=None)  # the default interval is fine
+
+
+def test_num_training_batches_survive_a_later_test(pl, tmp_path):
+    model = _model_cls(pl)()
+    trainer = _fit(pl, model, tmp_path, limit_val_batches=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.test(model, dataloaders=DataLoader(torch.randn(4, 32), batch_size=2), verbose=False)
+    assert trainer.num_training_batches == 2  # 4 rows, batches of 2
