@@ -55,7 +55,7 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
                              weights_only: bool | None = None, **kwargs: Any) -> "LightningDataModule":
         ckpt = load_checkpoint_file(checkpoint_path, map_location=map_location, weights_only=weights_only)
         hparams = hparams_from_checkpoint(ckpt, cls.CHECKPOINT_HYPER_PARAMS_KEY, hparams_file)
-        dm = cls(**init_kwargs_from_hparams(cls, hparams, kwargs))
+        dm = cls(**init_kwargs_from_hparams(cls, hparams, kwargs, ckpt, cls.CHECKPOINT_HYPER_PARAMS_NAME))
         if cls.__qualname__ in ckpt:
             dm.load_state_dict(ckpt[cls.__qualname__])
         return dm

@@ -381,10 +381,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
                             "e.g. `MyModule.load_from_checkpoint(path)`")
         ckpt = load_checkpoint_file(checkpoint_path, map_location=map_location, weights_only=weights_only)
         hparams = hparams_from_checkpoint(ckpt, cls.CHECKPOINT_HYPER_PARAMS_KEY, hparams_file)
-        if not isinstance(hparams, dict):  # OmegaConf container saved by Lightning
-            model = cls(hparams, **kwargs)
-        else:
-            model = cls(**init_kwargs_from_hparams(cls, hparams, kwargs))
+        model = cls(**init_kwargs_from_hparams(cls, hparams, kwargs, ckpt, cls.CHECKPOINT_HYPER_PARAMS_NAME))
         if is_overridden(model, "configure_model", LightningModule):
             model.configure_model()
         model.on_load_checkpoint(ckpt)

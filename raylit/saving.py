@@ -206,19 +206,36 @@ def _omegaconf_to_plain(value: Any) -> Any:
 # ----------------------------------------------------------------------------------------------------------
 # hyperparameters of a checkpoint, for load_from_checkpoint
 # ----------------------------------------------------------------------------------------------------------
-def init_kwargs_from_hparams(cls: type, hparams: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = {**hparams, **overrides}
+def init_kwargs_from_hparams(cls: type, hparams: Any, overrides: dict[str, Any], ckpt: dict[str, Any] | None = None,
+                             name_key: str | None = None) -> dict[str, Any]:
+    """The keyword arguments to rebuild ``cls`` from a checkpoint's hyperparameters, ``overrides`` winning.
+    A class whose ``__init__`` took one hyperparameters object (``save_hyperparameters(hparams)``, the classic
+    style) gets it back whole under that argument's name, as the checkpoint recorded it."""
     params = inspect.signature(cls.__init__).parameters
+    args_name = (ckpt or {}).get(name_key) if name_key else None
+    if args_name and args_name in params:
+        hparams = {args_name: hparams}
+    elif not isinstance(hparams, dict):  # an OmegaConf container saved without its name: the first argument
+        return {next(iter(list(params)[1:]), "hparams"): hparams, **overrides}
+    merged = {**hparams, **overrides}
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return merged
     return {k: v for k, v in merged.items() if k in params}
 
 
-def hparams_from_checkpoint(ckpt: dict[str, Any], key: str, hparams_file: Any) -> dict[str, Any]:
+# keys under which checkpoints of older Lightning versions kept a module's hyperparameters
+_LEGACY_HPARAMS_KEYS = ("module_arguments", "hparams")
+
+
+def hparams_from_checkpoint(ckpt: dict[str, Any], key: str, hparams_file: Any) -> Any:
     if hparams_file is not None:
         ext = os.path.splitext(str(hparams_file))[1].lower()
         if ext not in (".yml", ".yaml"):
             raise ValueError(f"hparams_file={hparams_file!r}: only .yaml/.yml files are supported")
         return dict(load_hparams_from_yaml(hparams_file) or {})
-    hp = ckpt.get(key) or {}
+    hp = ckpt.get(key)
+    if hp is None:
+        hp = next((ckpt[k] for k in _LEGACY_HPARAMS_KEYS if k in ckpt and key == "hyper_parameters"), None) or {}
+    if isinstance(hp, Namespace):
+        hp = vars(hp)
     return dict(hp) if isinstance(hp, dict) else hp

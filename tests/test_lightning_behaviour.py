@@ -202,3 +202,49 @@ def test_num_training_batches_survive_a_later_test(pl, tmp_path):
         warnings.simplefilter("ignore")
         trainer.test(model, dataloaders=DataLoader(torch.randn(4, 32), batch_size=2), verbose=False)
     assert trainer.num_training_batches == 2  # 4 rows, batches of 2
+
+
+# --- hyperparameters ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("style", ["namespace", "dict"])
+def test_one_hparams_object_round_trips_through_a_checkpoint(pl, tmp_path, style):
+    """The classic ``__init__(self, hparams)`` + ``save_hyperparameters(hparams)``: ``load_from_checkpoint``
+    passes the object back under its argument name, for modules and datamodules."""
+    from argparse import Namespace
+
+    class Model(_model_cls(pl)):
+        def __init__(self, hparams):
+            super().__init__()
+            self.save_hyperparameters(hparams)
+
+    class Data(pl.LightningDataModule):
+        def __init__(self, hparams):
+            super().__init__()
+            self.save_hyperparameters(hparams)
+
+        def train_dataloader(self):
+            return H.loader(4)
+
+    hparams = Namespace(test_arg=14) if style == "namespace" else {"test_arg": 14}
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Model(hparams), datamodule=Data(hparams))
+    path = tmp_path / "hp.ckpt"
+    trainer.save_checkpoint(path)
+    assert Model.load_from_checkpoint(path).hparams.test_arg == 14
+    assert Data.load_from_checkpoint(path).hparams.test_arg == 14
+
+
+def test_hparams_of_pre_1_0_checkpoints_load(pl, tmp_path):
+    """Checkpoints written before Lightning 1.0 kept the hyperparameters under ``module_arguments``."""
+
+    class Model(_model_cls(pl)):
+        def __init__(self, width=32):
+            super().__init__()
+            self.save_hyperparameters()
+
+    model = Model()
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": model.state_dict(), "module_arguments": {"width": -17},
+                "pytorch-lightning_version": "0.9.0", "epoch": 0, "global_step": 0}, path)
+    assert Model.load_from_checkpoint(path, strict=False, weights_only=False).hparams.width == -17
