@@ -147,6 +147,7 @@ class Loop:
             loaders.load_eval("validate")
         if self._fit_done():
             return
+        self.metrics.store = self.run.train_store  # what on_train_start logs belongs to the first epoch
         hooks.both("on_train_start")
         while not self._fit_done():
             self.run_train_epoch()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from raylit import checkpoint as ckpt_io
-from raylit.callbacks.base import Callback
+from raylit.callbacks.base import Callback, running_module
 from raylit.callbacks.timer import Timer
 from raylit.evaluation import run_evaluation, run_predict
 from raylit.hooks import HookDispatcher
@@ -67,6 +67,7 @@ class Run:
         if self.datamodule is not None:
             self.datamodule.trainer = trainer
         status.stage = _STAGES[self.fn]
+        module_token = running_module.set(self.module)  # Callback.log logs through it
         try:
             self._setup()
             if self.fn == "fit":
@@ -97,6 +98,7 @@ class Run:
             raise
         finally:
             status.stage = None
+            running_module.reset(module_token)
 
     def _setup(self) -> None:
         spec, hooks, module, runtime, fn = self.spec, self.hooks, self.module, self.runtime, self.fn

@@ -8,6 +8,7 @@ from raylit.callbacks.base import Callback
 from raylit.callbacks.checkpoint import Checkpoint
 from raylit.loggers.base import DummyLogger, Logger
 from raylit.utilities.exceptions import MisconfigurationException
+from raylit.utilities.rank_zero import rank_zero_info
 
 
 def build_loggers(logger: Any, default_root_dir: str, fast_dev_run: int | bool) -> list[Logger]:
@@ -75,10 +76,10 @@ def build_callbacks(callbacks: Any, enable_checkpointing: bool | None, enable_pr
             rich_summary = None
         out.append((rich_summary or summary_cls)())
     if max_time is not None:
-        timer = getattr(cbs, "Timer", None)
-        if timer is None:
-            raise MisconfigurationException("`Trainer(max_time=...)` needs raylit.callbacks.Timer")
-        out.append(timer(duration=max_time, interval="step"))
+        if any(isinstance(cb, cbs.Timer) for cb in out):  # as in Lightning: the user's own Timer wins
+            rank_zero_info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")
+        else:
+            out.append(cbs.Timer(duration=max_time, interval="step"))
     has_ckpt = any(isinstance(cb, Checkpoint) for cb in out)
     if enable_checkpointing is False and has_ckpt:
         raise MisconfigurationException("Trainer was configured with `enable_checkpointing=False` but found "

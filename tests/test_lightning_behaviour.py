@@ -248,3 +248,45 @@ def test_hparams_of_pre_1_0_checkpoints_load(pl, tmp_path):
     torch.save({"state_dict": model.state_dict(), "module_arguments": {"width": -17},
                 "pytorch-lightning_version": "0.9.0", "epoch": 0, "global_step": 0}, path)
     assert Model.load_from_checkpoint(path, strict=False, weights_only=False).hparams.width == -17
+
+
+# --- logging from callbacks and from on_train_start -----------------------------------------------------------
+def test_callbacks_log_with_self_log_and_on_train_start_logs_into_the_first_epoch(pl, tmp_path):
+    rows = []
+
+    class Rows(H.submodule(pl, "loggers").CSVLogger):
+        def log_metrics(self, metrics, step=None):
+            rows.append((dict(metrics), step))
+
+    class LoggingCallback(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.log("cb_train_start", 1.0)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.log("cb_batch_end", 3.0)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.log_dict({"cb_epoch_end": 5.0})
+
+    class Model(_model_cls(pl)):
+        def on_train_start(self):
+            self.log("module_train_start", 123.0)
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, **{**QUIET, "logger": Rows(tmp_path)}, max_epochs=2,
+                         limit_train_batches=1, limit_val_batches=0, log_every_n_steps=1,
+                         callbacks=[LoggingCallback()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Model())
+    epoch_rows = [(m, s) for m, s in rows if "cb_epoch_end" in m]
+    assert epoch_rows[0] == ({"cb_train_start": 1.0, "module_train_start": 123.0, "cb_epoch_end": 5.0,
+                              "epoch": 0}, 0)
+    assert "module_train_start" not in epoch_rows[1][0]  # on_train_start's values belong to the first epoch
+    assert {"cb_batch_end"} <= set(trainer.callback_metrics)
+
+
+def test_max_time_beside_a_users_timer_keeps_the_users(pl):
+    timer = H.submodule(pl, "callbacks").Timer(duration="00:00:10:00")
+    trainer = pl.Trainer(**QUIET, max_time="00:00:01:00", callbacks=[timer])
+    timers = [cb for cb in trainer.callbacks if isinstance(cb, H.submodule(pl, "callbacks").Timer)]
+    assert timers == [timer]

@@ -1,8 +1,12 @@
 """The Callback base class: every hook a no-op, plus state that is saved in checkpoints."""
 
+from contextvars import ContextVar
 from typing import Any
 
 import torch
+
+# the LightningModule of the run executing in this context; ``Callback.log`` logs through it
+running_module: ContextVar[Any] = ContextVar("raylit_running_module", default=None)
 
 
 class Callback:
@@ -24,6 +28,13 @@ class Callback:
 
     def _generate_state_key(self, **kwargs: Any) -> str:
         return f"{type(self).__qualname__}{repr(kwargs)}"
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        """``self.log(...)`` in a callback hook: the module's ``self.log``, with the same rules for that hook."""
+        _module_for(self, "log").log(*args, **kwargs)
+
+    def log_dict(self, *args: Any, **kwargs: Any) -> None:
+        _module_for(self, "log_dict").log_dict(*args, **kwargs)
 
     def setup(self, trainer, pl_module, stage: str) -> None: ...
     def teardown(self, trainer, pl_module, stage: str) -> None: ...
@@ -68,3 +79,13 @@ class Callback:
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+def _module_for(callback: Callback, what: str) -> Any:
+    module = running_module.get()
+    if module is None:
+        from raylit.utilities.exceptions import MisconfigurationException
+
+        raise MisconfigurationException(f"`{type(callback).__name__}.{what}` can only be called from a hook while "
+                                        "the Trainer runs")
+    return module
