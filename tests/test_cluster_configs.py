@@ -34,6 +34,20 @@ COMMAND_LISTS = ("initialization_commands", "setup_commands", "head_setup_comman
                  "head_start_ray_commands", "worker_start_ray_commands")
 
 
+def _kuberay_crd_dir() -> Path | None:
+    """KubeRay's CRDs: $RAYLIT_KUBERAY_CRD_DIR, else the copy in shared/ beside the project root
+    (``../shared/kuberay-crds``; a CI clone has shared/ as a sibling too) or inside it."""
+    if os.environ.get("RAYLIT_KUBERAY_CRD_DIR"):
+        return Path(os.environ["RAYLIT_KUBERAY_CRD_DIR"])
+    for candidate in (ROOT.parent / "shared" / "kuberay-crds", ROOT / "shared" / "kuberay-crds"):
+        if (candidate / "ray.io_rayjobs.yaml").is_file():
+            return candidate
+    return None
+
+
+KUBERAY_CRDS = _kuberay_crd_dir()
+
+
 def _ray_version() -> str:
     from importlib.metadata import version
 
@@ -406,10 +420,11 @@ def test_rayjob_has_a_job_style_lifecycle_and_runs_the_example_config():
     parse_run_args("fit", ["--config", run_yaml])
 
 
-@pytest.mark.skipif(not os.environ.get("RAYLIT_KUBERAY_CRD_DIR"),
-                    reason="set RAYLIT_KUBERAY_CRD_DIR to a directory with KubeRay's ray.io_*.yaml CRDs")
+@pytest.mark.skipif(KUBERAY_CRDS is None,
+                    reason="no KubeRay CRDs: neither ../shared/kuberay-crds nor $RAYLIT_KUBERAY_CRD_DIR (a directory "
+                           "with KubeRay's ray.io_*.yaml CRDs)")
 def test_kuberay_manifests_against_the_full_crds():
-    """Optional: the operator's own OpenAPI schemas, made strict (additionalProperties: false wherever
+    """The operator's own OpenAPI schemas (shared/kuberay-crds: KubeRay v1.7.0), made strict (additionalProperties: false wherever
     properties are listed and unknown fields are not preserved)."""
     import jsonschema
 
@@ -424,17 +439,24 @@ def test_kuberay_manifests_against_the_full_crds():
                 strict(v)
         return node
 
-    crd_dir = Path(os.environ["RAYLIT_KUBERAY_CRD_DIR"])
+    crd_dir = KUBERAY_CRDS
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     schemas = {}
     for kind, plural in (("RayCluster", "rayclusters"), ("RayJob", "rayjobs")):
         crd = yaml.load((crd_dir / f"ray.io_{plural}.yaml").read_text(), Loader=loader)
         version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
         schemas[kind] = strict(version["schema"]["openAPIV3Schema"])
+    checked = []
     for path, doc in kube_docs():
         if doc["kind"] in schemas:
             errors = [e.message for e in jsonschema.Draft7Validator(schemas[doc["kind"]]).iter_errors(doc)]
             assert errors == [], path.name
+            checked.append(doc)
+    assert {d["kind"] for d in checked} == {"RayCluster", "RayJob"}
+    # and a misspelt field in a copy is caught
+    broken = copy.deepcopy(next(d for d in checked if d["kind"] == "RayJob"))
+    broken["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParam"] = {}
+    assert list(jsonschema.Draft7Validator(schemas["RayJob"]).iter_errors(broken))
 
 
 # --------------------------------------------------------------------------------------------------------------
