@@ -18,6 +18,7 @@ import copy
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -396,9 +397,14 @@ def test_dockerfile_pins_the_same_versions():
     assert f"FROM rayproject/ray:{_ray_version()}-py311-gpu" in text
     assert f'"ray[default,train,tune]=={_ray_version()}"' in text
     assert f"raylit-{raylit.__version__}-py3-none-any.whl" in text
+    # the model code that rayjob.yaml's run config names is on the image's PYTHONPATH
+    copy_line = next(line for line in text.splitlines() if line.startswith("COPY examples/"))
+    sources, dest = copy_line.split()[1:-1], copy_line.split()[-1]
+    assert all((ROOT / s).is_file() for s in sources) and "examples/classifier.py" in sources
+    assert f"ENV PYTHONPATH={dest.rstrip('/').rsplit('/', 1)[0]}" in text
 
 
-def test_rayjob_has_a_job_style_lifecycle_and_runs_the_example_config():
+def test_rayjob_has_a_job_style_lifecycle_and_runs_the_example_config(monkeypatch):
     from raylit.cli import parse_run_args
 
     docs = {d["kind"]: d for _, d in kube_docs() if _.name == "rayjob.yaml"}
@@ -416,7 +422,9 @@ def test_rayjob_has_a_job_style_lifecycle_and_runs_the_example_config():
         local["trainer"].pop(key)
     local["trainer"]["callbacks"][0]["init_args"].pop("dirpath")
     assert remote == local
-    # and raylit's own parser accepts it (class paths resolve, keys exist)
+    # and raylit's own parser accepts it (class paths resolve, keys exist), with examples/ importable as in the
+    # image (see the Dockerfile)
+    monkeypatch.setattr("sys.path", [str(ROOT)] + sys.path)
     parse_run_args("fit", ["--config", run_yaml])
 
 
