@@ -47,6 +47,7 @@ def test_pyproject_license_is_an_spdx_string():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # ~75 s on a quiet 2-core machine with a warm pip cache; 4-6 min under load 10-17
 def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     timings = {}
     start = time.monotonic()
@@ -74,10 +75,11 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     env["VIRTUAL_ENV"] = str(venv)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     t = time.monotonic()
-    _run([py, "-m", "pip", "install", "-q", TORCH_SPEC], cwd=tmp_path, env=env)
+    # --no-compile: byte-compiling torch's and Ray's thousands of modules is most of an install's time here
+    _run([py, "-m", "pip", "install", "-q", "--no-compile", TORCH_SPEC], cwd=tmp_path, env=env)
     timings["torch"] = time.monotonic() - t
     t = time.monotonic()
-    _run([py, "-m", "pip", "install", "-q", wheels[0]], cwd=tmp_path, env=env)
+    _run([py, "-m", "pip", "install", "-q", "--no-compile", wheels[0]], cwd=tmp_path, env=env)
     timings["wheel + deps"] = time.monotonic() - t
 
     # 3. what a user runs first, from a directory outside the checkout
@@ -88,7 +90,8 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     assert "raylit fit|validate|test|predict" in help_ and "raylit submit" in help_
     version = _run([venv / "bin" / "raylit", "--version"], cwd=tmp_path, env=env).stdout
     assert version.strip() == f"raylit {raylit.__version__}"
-    quick = _run([py, ROOT / "examples" / "quickstart.py", "--skip-ray"], cwd=tmp_path, env=env, timeout=300)
+    quick = _run([py, ROOT / "examples" / "quickstart.py", "--skip-ray", "--max-epochs", "2"], cwd=tmp_path, env=env,
+                 timeout=300)
     assert "Traceback" not in quick.stderr, quick.stderr
     # the test tools and the reference framework are not runtime dependencies
     probe = ("import importlib.util as u; "
