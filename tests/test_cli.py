@@ -37,6 +37,13 @@ def isolated(tmp_path, monkeypatch):
     os.environ.update(saved)
 
 
+@pytest.fixture
+def from_repo_root(monkeypatch):
+    """The example config names ``examples.classifier.*``, which resolves when raylit runs from the repository
+    root (the CLI puts the cwd on sys.path); here the cwd is a temporary directory, so put the root there."""
+    monkeypatch.setattr(sys, "path", [str(ROOT)] + sys.path)
+
+
 def result_line(out: str) -> dict:
     found = jobs.find_result(out)
     assert found is not None, out
@@ -103,7 +110,7 @@ def test_usage_and_unknown_command(capsys):
 # --------------------------------------------------------------------------------------------------------------
 # fit / validate / test / predict from a config
 # --------------------------------------------------------------------------------------------------------------
-def test_fit_example_config_writes_checkpoints_and_reports_them(isolated, capsys):
+def test_fit_example_config_writes_checkpoints_and_reports_them(isolated, from_repo_root, capsys):
     rc = main(["fit", "--config", str(EXAMPLE), "--trainer.max_epochs=1",
                f"--trainer.callbacks.dirpath={isolated / 'ck'}"])
     assert rc == 0
@@ -112,23 +119,26 @@ def test_fit_example_config_writes_checkpoints_and_reports_them(isolated, capsys
     ckpt = result["checkpoints"]
     assert ckpt["dirpath"] == str(isolated / "ck")
     assert Path(ckpt["last_model_path"]).is_file() and Path(ckpt["best_model_path"]).is_file()
-    assert result["command"] == "fit" and result["epoch"] == 1 and result["global_step"] == 64
+    assert Path(ckpt["best_model_path"]).name.startswith("epoch=0-val_loss=")
+    assert result["command"] == "fit" and result["epoch"] == 1 and result["global_step"] == 23  # ceil(1433 / 64)
+    assert {"train_loss", "val_loss", "val_acc"} <= set(result["metrics"])
     assert result["in_job"] is False
     assert f"Checkpoints: {isolated / 'ck'}" in out
 
 
-def test_overrides_multiple_configs_and_types(isolated):
+def test_overrides_multiple_configs_and_types(isolated, from_repo_root):
     overlay = write(isolated / "overlay.yaml", """
         trainer:
           max_epochs: 7
         model:
           init_args:
-            out_dim: 4
+            hidden: 4
     """)
     parser, cfg = parse_run_args("fit", ["--config", str(EXAMPLE), "--config", str(overlay),
                                          "--model.init_args.learning_rate=0.5", "--trainer.num_nodes=2"])
     objs = parser.instantiate(cfg)
-    assert objs.model.l1.out_features == 4 and objs.model.learning_rate == 0.5
+    assert objs.model.net[0].out_features == 4 and objs.model.hparams.learning_rate == 0.5
+    assert type(objs.data).__name__ == "BlobData" and objs.data.hparams.batch_size == 64
     assert objs.trainer.max_epochs == 7 and objs.trainer.num_nodes == 2
     assert [type(c).__name__ for c in objs.trainer.callbacks if type(c).__name__ == "ModelCheckpoint"]
     # the GPU overlay builds a real Ray Train ScalingConfig (so Ray waits for an autoscaler)
@@ -138,15 +148,29 @@ def test_overrides_multiple_configs_and_types(isolated):
     assert scaling["class_path"] == "ray.train.ScalingConfig" and scaling["init_args"]["num_workers"] == 2
 
 
-def test_print_config_shows_the_resolved_config(capsys):
+def test_print_config_shows_the_resolved_config(from_repo_root, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", str(EXAMPLE), "--trainer.max_epochs=9", "--print_config"])
     assert exit_.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["max_epochs"] == 9
-    assert printed["model"]["class_path"] == "raylit.testing.DemoModel"
+    assert printed["model"]["class_path"] == "examples.classifier.BlobClassifier"
+    assert printed["model"]["init_args"]["num_classes"] == 10  # the class's defaults too
     assert printed["trainer"]["callbacks"][0]["init_args"]["save_last"] is True
     assert "gradient_clip_val" in printed["trainer"]  # defaults are listed too
+
+
+def test_documented_example_command_runs_from_the_repo_root():
+    """docs/clusters.md's command, verbatim, in a fresh interpreter started in the repository root."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(Path(__import__("raylit").__file__).resolve().parents[1])  # this checkout's raylit
+    out = subprocess.run([sys.executable, "-m", "raylit.cli", "fit", "--config", "examples/configs/classifier.yaml",
+                          "--model.init_args.hidden=16", "--print_config"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    printed = yaml.safe_load(out)
+    assert printed["model"]["class_path"] == "examples.classifier.BlobClassifier"
+    assert printed["model"]["init_args"]["hidden"] == 16
+    assert printed["data"]["class_path"] == "examples.classifier.BlobData"
 
 
 def test_validate_test_predict_subcommands(isolated, capsys):

@@ -18,6 +18,7 @@ import copy
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,20 @@ KUBERAY = sorted((CONFIGS / "kuberay").glob("*.yaml"))
 AWS = [p for p in RAY_UP if yaml.safe_load(p.read_text())["provider"]["type"] == "aws"]
 COMMAND_LISTS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
                  "head_start_ray_commands", "worker_start_ray_commands")
+
+
+def _kuberay_crd_dir() -> Path | None:
+    """KubeRay's CRDs: $RAYLIT_KUBERAY_CRD_DIR, else the copy in shared/ beside the project root
+    (``../shared/kuberay-crds``; a CI clone has shared/ as a sibling too) or inside it."""
+    if os.environ.get("RAYLIT_KUBERAY_CRD_DIR"):
+        return Path(os.environ["RAYLIT_KUBERAY_CRD_DIR"])
+    for candidate in (ROOT.parent / "shared" / "kuberay-crds", ROOT / "shared" / "kuberay-crds"):
+        if (candidate / "ray.io_rayjobs.yaml").is_file():
+            return candidate
+    return None
+
+
+KUBERAY_CRDS = _kuberay_crd_dir()
 
 
 def _ray_version() -> str:
@@ -382,9 +397,14 @@ def test_dockerfile_pins_the_same_versions():
     assert f"FROM rayproject/ray:{_ray_version()}-py311-gpu" in text
     assert f'"ray[default,train,tune]=={_ray_version()}"' in text
     assert f"raylit-{raylit.__version__}-py3-none-any.whl" in text
+    # the model code that rayjob.yaml's run config names is on the image's PYTHONPATH
+    copy_line = next(line for line in text.splitlines() if line.startswith("COPY examples/"))
+    sources, dest = copy_line.split()[1:-1], copy_line.split()[-1]
+    assert all((ROOT / s).is_file() for s in sources) and "examples/classifier.py" in sources
+    assert f"ENV PYTHONPATH={dest.rstrip('/').rsplit('/', 1)[0]}" in text
 
 
-def test_rayjob_has_a_job_style_lifecycle_and_runs_the_example_config():
+def test_rayjob_has_a_job_style_lifecycle_and_runs_the_example_config(monkeypatch):
     from raylit.cli import parse_run_args
 
     docs = {d["kind"]: d for _, d in kube_docs() if _.name == "rayjob.yaml"}
@@ -402,14 +422,17 @@ def test_rayjob_has_a_job_style_lifecycle_and_runs_the_example_config():
         local["trainer"].pop(key)
     local["trainer"]["callbacks"][0]["init_args"].pop("dirpath")
     assert remote == local
-    # and raylit's own parser accepts it (class paths resolve, keys exist)
+    # and raylit's own parser accepts it (class paths resolve, keys exist), with examples/ importable as in the
+    # image (see the Dockerfile)
+    monkeypatch.setattr("sys.path", [str(ROOT)] + sys.path)
     parse_run_args("fit", ["--config", run_yaml])
 
 
-@pytest.mark.skipif(not os.environ.get("RAYLIT_KUBERAY_CRD_DIR"),
-                    reason="set RAYLIT_KUBERAY_CRD_DIR to a directory with KubeRay's ray.io_*.yaml CRDs")
+@pytest.mark.skipif(KUBERAY_CRDS is None,
+                    reason="no KubeRay CRDs: neither ../shared/kuberay-crds nor $RAYLIT_KUBERAY_CRD_DIR (a directory "
+                           "with KubeRay's ray.io_*.yaml CRDs)")
 def test_kuberay_manifests_against_the_full_crds():
-    """Optional: the operator's own OpenAPI schemas, made strict (additionalProperties: false wherever
+    """The operator's own OpenAPI schemas (shared/kuberay-crds: KubeRay v1.7.0), made strict (additionalProperties: false wherever
     properties are listed and unknown fields are not preserved)."""
     import jsonschema
 
@@ -424,17 +447,24 @@ def test_kuberay_manifests_against_the_full_crds():
                 strict(v)
         return node
 
-    crd_dir = Path(os.environ["RAYLIT_KUBERAY_CRD_DIR"])
+    crd_dir = KUBERAY_CRDS
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     schemas = {}
     for kind, plural in (("RayCluster", "rayclusters"), ("RayJob", "rayjobs")):
         crd = yaml.load((crd_dir / f"ray.io_{plural}.yaml").read_text(), Loader=loader)
         version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
         schemas[kind] = strict(version["schema"]["openAPIV3Schema"])
+    checked = []
     for path, doc in kube_docs():
         if doc["kind"] in schemas:
             errors = [e.message for e in jsonschema.Draft7Validator(schemas[doc["kind"]]).iter_errors(doc)]
             assert errors == [], path.name
+            checked.append(doc)
+    assert {d["kind"] for d in checked} == {"RayCluster", "RayJob"}
+    # and a misspelt field in a copy is caught
+    broken = copy.deepcopy(next(d for d in checked if d["kind"] == "RayJob"))
+    broken["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParam"] = {}
+    assert list(jsonschema.Draft7Validator(schemas["RayJob"]).iter_errors(broken))
 
 
 # --------------------------------------------------------------------------------------------------------------
