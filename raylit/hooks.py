@@ -30,7 +30,7 @@ from typing import Any
 from raylit.callbacks.base import Callback
 from raylit.datamodule import LightningDataModule
 from raylit.module import LightningModule
-from raylit.utilities.model_helpers import is_overridden
+from raylit.utilities.model_helpers import overrides
 
 # Module hooks whose default does nothing: skipping them when not overridden is invisible to users and
 # keeps the per-batch cost of the loop down.
@@ -60,13 +60,13 @@ class HookDispatcher:
         self._lm_base = LightningModule
         self._dm_base = LightningDataModule
         self._cb_cache: dict[tuple[str, bool | None], list] = {}
-        self._lm_skip = {n for n in _NOOP_MODULE_HOOKS if not is_overridden(module, n, LightningModule)}
+        self._lm_skip = {n for n in _NOOP_MODULE_HOOKS if not overrides(module, n, LightningModule)}
 
     def uses_default(self, name: str) -> bool:
         """True when neither the module nor the datamodule overrides ``name``, so the loop may run the
         default behaviour inline (the defaults never log, so skipping the dispatch is invisible)."""
-        return not is_overridden(self.module, name, LightningModule) and \
-            not is_overridden(self.datamodule, name, LightningDataModule)
+        return not overrides(self.module, name, LightningModule) and \
+            not overrides(self.datamodule, name, LightningDataModule)
 
     def overridden(self, name: str) -> bool:
         """Whether calling ``both(name, ...)`` would run any code (a callback's or the module's own hook)."""
@@ -78,7 +78,7 @@ class HookDispatcher:
         if methods is None:
             methods = [
                 getattr(cb, name) for cb in self.callbacks
-                if is_overridden(cb, name, Callback)
+                if overrides(cb, name, Callback)
                 and (after_module is None or cb.runs_after_module_epoch_end == after_module)
             ]
             self._cb_cache[key] = methods
@@ -118,7 +118,7 @@ class HookDispatcher:
 
     def datamodule_hook(self, name: str, *args: Any, **kwargs: Any) -> Any:
         dm = self.datamodule
-        if dm is None or not is_overridden(dm, name, self._dm_base):
+        if dm is None or not overrides(dm, name, self._dm_base):
             return None
         prev = self.module._current_fx_name
         self.module.__dict__["_current_fx_name"] = name
@@ -130,7 +130,7 @@ class HookDispatcher:
     def data_hook(self, name: str, *args: Any) -> Any:
         """A data hook (transfer hooks): the datamodule's when it overrides it, else the module's."""
         dm = self.datamodule
-        if dm is not None and is_overridden(dm, name, self._dm_base):
+        if dm is not None and overrides(dm, name, self._dm_base):
             return self.datamodule_hook(name, *args)
         if name in self._lm_skip:
             return args[0]

@@ -16,7 +16,7 @@ from raylit.module import LightningModule
 from raylit.state import TrainerFn
 from raylit.utilities.clock import SharedDeadline
 from raylit.utilities.exceptions import MisconfigurationException
-from raylit.utilities.model_helpers import is_overridden
+from raylit.utilities.model_helpers import overrides
 
 _HOOKS = {"train": "train_dataloader", "validate": "val_dataloader", "test": "test_dataloader",
           "predict": "predict_dataloader"}
@@ -46,16 +46,16 @@ class Loaders:
         if self.given.get(stage) is not None:
             return True
         run = self.run
-        if run.datamodule is not None and is_overridden(run.datamodule, _HOOKS[stage], LightningDataModule):
+        if run.datamodule is not None and overrides(run.datamodule, _HOOKS[stage], LightningDataModule):
             return True
-        return is_overridden(run.module, _HOOKS[stage], LightningModule)
+        return overrides(run.module, _HOOKS[stage], LightningModule)
 
     def _request(self, stage: str) -> Any:
         given = self.given.get(stage)
         if given is not None:
             return given
         run, hook = self.run, _HOOKS[stage]
-        if run.datamodule is not None and is_overridden(run.datamodule, hook, LightningDataModule):
+        if run.datamodule is not None and overrides(run.datamodule, hook, LightningDataModule):
             return run.hooks.datamodule_hook(hook)
         return run.hooks.module_hook(hook)
 
@@ -148,7 +148,7 @@ class Loaders:
         if self._val_enabled is None:
             run = self.run
             self._val_enabled = run.config.limit_val_batches != 0 and self.defined("validate") and \
-                is_overridden(run.module, "validation_step", LightningModule)
+                overrides(run.module, "validation_step", LightningModule)
         return self._val_enabled
 
     def estimated_stepping_batches(self) -> int | float:

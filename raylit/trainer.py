@@ -56,10 +56,24 @@ class _StrategyView:
     def name(self) -> str:
         return self._trainer.config.strategy_name
 
-    def __getattr__(self, attr: str) -> Any:
-        if attr in ("barrier", "broadcast", "reduce_boolean_decision", "reduce", "all_gather", "world_size"):
-            return getattr(self._trainer._runtime, attr)
-        raise AttributeError(attr)
+    @property
+    def world_size(self) -> int:
+        return self._trainer._runtime.world_size
+
+    def barrier(self, name: str | None = None) -> None:
+        self._trainer._runtime.barrier(name)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return self._trainer._runtime.broadcast(obj, src)
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return self._trainer._runtime.reduce_boolean_decision(decision, all)
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: str = "mean") -> torch.Tensor:
+        return self._trainer._runtime.reduce(tensor, reduce_op)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._trainer._runtime.all_gather(tensor)
 
     @property
     def root_device(self) -> torch.device:

@@ -290,3 +290,18 @@ def test_max_time_beside_a_users_timer_keeps_the_users(pl):
     trainer = pl.Trainer(**QUIET, max_time="00:00:01:00", callbacks=[timer])
     timers = [cb for cb in trainer.callbacks if isinstance(cb, H.submodule(pl, "callbacks").Timer)]
     assert timers == [timer]
+
+
+def test_is_overridden_has_lightnings_signature(pl):
+    import functools
+
+    is_overridden = H.submodule(pl, "utilities.model_helpers").is_overridden
+    model = _model_cls(pl)()
+    assert is_overridden("training_step", model) and is_overridden("val_dataloader", model)
+    assert not is_overridden("on_fit_start", model)
+    model.val_dataloader = None
+    assert not is_overridden("val_dataloader", model)
+    dm = pl.LightningDataModule()
+    base = pl.LightningDataModule.transfer_batch_to_device
+    dm.transfer_batch_to_device = functools.update_wrapper(functools.partial(base, dm), base)
+    assert not is_overridden("transfer_batch_to_device", dm)  # the default, only wrapped

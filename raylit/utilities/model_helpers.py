@@ -1,20 +1,50 @@
 """Small helpers about user classes (Lightning's ``utilities.model_helpers``)."""
 
+import functools
 import inspect
 from typing import Any
 
 
-def is_overridden(obj: Any, name: str, base: type) -> bool:
-    """Whether ``obj`` (an instance) has its own ``name`` rather than ``base``'s: a subclass method, or one
-    assigned on the instance (LambdaCallback, ``LightningDataModule.from_datasets``). A hook set to None
-    (``model.val_dataloader = None``, Lightning's way to switch one off) is not overridden."""
+def overrides(obj: Any, name: str, base: type) -> bool:
+    """Whether ``obj`` has its own ``name`` rather than ``base``'s: a subclass method, or a function assigned on
+    the instance (LambdaCallback, ``LightningDataModule.from_datasets``). A hook set to None
+    (``model.val_dataloader = None``, Lightning's way to switch one off) is not overridden, and neither is
+    ``base``'s own method seen through ``functools.wraps`` or ``functools.partial``."""
     if obj is None:
         return False
-    own = getattr(obj, "__dict__", {})
-    if name in own:
-        return own[name] is not None
-    impl = getattr(type(obj), name, None)
-    return impl is not None and impl is not getattr(base, name, None)
+    impl = getattr(obj, name, None)
+    if impl is None:
+        return False
+    impl = _unwrap(impl)
+    base_impl = getattr(base, name, None)
+    if base_impl is None:
+        return True
+    return getattr(impl, "__code__", impl) is not getattr(base_impl, "__code__", base_impl)
+
+
+def is_overridden(method_name: str, instance: Any = None, parent: type | None = None) -> bool:
+    """Lightning's ``is_overridden``: whether ``instance`` overrides ``parent``'s ``method_name``. Without
+    ``parent``, the raylit base class that first defines the method (LightningModule, LightningDataModule,
+    Callback, ...) is used."""
+    if instance is None:
+        return False
+    if parent is None:
+        parent = next((cls for cls in reversed(type(instance).__mro__)
+                       if cls.__module__.startswith("raylit.") and method_name in vars(cls)), None)
+        if parent is None:
+            raise ValueError(f"Expected a raylit LightningModule, LightningDataModule or Callback defining "
+                             f"`{method_name}`, got {type(instance).__qualname__}")
+    return overrides(instance, method_name, parent)
+
+
+def _unwrap(fn: Any) -> Any:
+    while True:
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif hasattr(fn, "__wrapped__"):
+            fn = fn.__wrapped__
+        else:
+            return fn
 
 
 def accepts_arg(fn: Any, name: str, min_args: int) -> bool:
