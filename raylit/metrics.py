@@ -232,20 +232,22 @@ class MetricsConnector:
             warnings.warn("`self.log` does nothing with `Trainer(barebones=True)`", UserWarning, stacklevel=3)
             return
         on_step, on_epoch = _resolve_flags(fx, name, on_step, on_epoch)
+        if not on_step and not on_epoch:
+            raise MisconfigurationException("`self.log(on_step=False, on_epoch=False)` is not useful.")
+        # Lightning's wording for values it cannot log: `self.log(name, value)`
         if isinstance(value, dict):
-            raise ValueError(f"`self.log({name!r}, {value})` was called, but nested dictionaries cannot be "
-                             "logged; use `self.log_dict`")
+            raise ValueError(f"`self.log({name}, {value})` was called, but nested dictionaries cannot be logged")
         if isinstance(value, Tensor) and value.numel() != 1:
-            raise ValueError(f"`self.log({name!r}, {value})` was called, but the tensor must have a single "
-                             f"element. You can try doing `self.log({name!r}, {value}.mean())`")
+            raise ValueError(f"`self.log({name}, {value})` was called, but the tensor must have a single element. "
+                             f"You can try doing `self.log({name}, {value}.mean())`")
         if not isinstance(value, (Tensor, numbers.Number)) and not _is_metric(value):
-            raise ValueError(f"`self.log({name!r}, {value!r})` was called, but `{type(value).__name__}` values "
-                             "are not supported: log a number, a scalar Tensor, or a torchmetrics Metric")
+            raise ValueError(f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot "
+                             "be logged")
         if add_dataloader_idx and "/dataloader_idx_" in name:
             raise MisconfigurationException(
                 f"You called `self.log` with the key `{name}` but it should not contain information about "
                 "`dataloader_idx`")
-        reduce = _REDUCTIONS.get(reduce_fx) if isinstance(reduce_fx, str) else _TORCH_REDUCTIONS.get(reduce_fx)
+        reduce = _REDUCTIONS.get(reduce_fx.lower()) if isinstance(reduce_fx, str) else _TORCH_REDUCTIONS.get(reduce_fx)
         if reduce is None:
             raise MisconfigurationException(f"`self.log({name!r}, ..., reduce_fx={reduce_fx!r})`: reduce_fx must "
                                             "be one of 'mean', 'avg', 'sum', 'max', 'min' (or torch.mean/sum/max/min)")

@@ -305,3 +305,32 @@ def test_is_overridden_has_lightnings_signature(pl):
     base = pl.LightningDataModule.transfer_batch_to_device
     dm.transfer_batch_to_device = functools.update_wrapper(functools.partial(base, dm), base)
     assert not is_overridden("transfer_batch_to_device", dm)  # the default, only wrapped
+
+
+@pytest.mark.parametrize("case", ["reduce_fx", "not_useful", "none_value"])
+def test_self_log_rules(pl, tmp_path, case):
+    """``reduce_fx`` is case-insensitive; ``on_step=False, on_epoch=False`` and unloggable values are refused with
+    Lightning's messages."""
+    exc = H.submodule(pl, "utilities.exceptions").MisconfigurationException
+
+    class Model(_model_cls(pl)):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            if case == "reduce_fx":
+                self.log("total", 2.0, on_step=False, on_epoch=True, reduce_fx="SUM")
+            elif case == "not_useful":
+                self.log("nothing", 1.0, on_step=False, on_epoch=False)
+            else:
+                self.log("foo", None)
+            return loss
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_epochs=1, limit_val_batches=0)
+    if case == "reduce_fx":
+        trainer = _fit(pl, Model(), tmp_path, limit_val_batches=0)
+        assert float(trainer.callback_metrics["total"]) == 4.0  # 2 batches x 2.0, summed
+        return
+    expected = (exc, "`self.log(on_step=False, on_epoch=False)` is not useful") if case == "not_useful" else \
+        (ValueError, r"`self.log\(foo, None\)` was called, but `NoneType` values cannot be logged")
+    with pytest.raises(expected[0], match=expected[1] if case == "none_value" else expected[1].replace("(", r"\(")
+                       .replace(")", r"\)")):
+        trainer.fit(Model())
