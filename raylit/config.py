@@ -199,8 +199,9 @@ def _check_val_cadence(v: dict[str, Any]) -> None:
     _say_what_one_means("val_check_interval", given)
     interval = 1.0 if given is None else given
     seconds = _val_check_seconds(interval)  # time-based (Lightning 2.6), or None
-    if seconds is None and (isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0
-                            or (isinstance(interval, float) and interval > 1.0)):
+    if seconds is None and isinstance(interval, (int, float)) and not isinstance(interval, bool):
+        interval = check_limit(interval, "val_check_interval")
+    if seconds is None and (isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0):
         raise MisconfigurationException(
             f"`val_check_interval` should be an int > 0 (every N training batches), a float in (0.0, 1.0] "
             f"(a fraction of the training epoch) or a time interval ('DD:HH:MM:SS', a timedelta or a dict of "
@@ -278,18 +279,16 @@ def _say_what_one_means(name: str, value: Any) -> None:
 
 # --- value parsers ----------------------------------------------------------------------------------------
 def check_limit(value: Any, name: str) -> int | float:
-    """A ``limit_*_batches`` / ``overfit_batches`` value: a fraction in [0, 1] or a batch count."""
+    """A ``limit_*_batches`` / ``overfit_batches`` / ``val_check_interval`` value: a fraction in [0, 1] or a
+    batch count."""
     if value is None:
         return 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MisconfigurationException(f"`{name}` must be a float in the range [0.0, 1.0] or an int, got {value!r}.")
-    if isinstance(value, float) and value > 1.0:
-        if value.is_integer():
-            return int(value)
-        raise MisconfigurationException(f"`{name}` must be a float in the range [0.0, 1.0] or an int, got {value}.")
-    if value < 0:
-        raise MisconfigurationException(f"`{name}` must be a float in the range [0.0, 1.0] or an int, got {value}.")
-    return value
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
+        (isinstance(value, float) and value > 1.0 and not value.is_integer())
+    if bad:  # Lightning's wording
+        raise MisconfigurationException(
+            f"You have passed invalid value {value!r} for {name}, it has to be in [0.0, 1.0] or an int.")
+    return int(value) if isinstance(value, float) and value > 1.0 else value
 
 
 def parse_devices(devices: Any, accelerator: str) -> list[int]:

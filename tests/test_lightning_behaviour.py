@@ -334,3 +334,12 @@ def test_self_log_rules(pl, tmp_path, case):
     with pytest.raises(expected[0], match=expected[1] if case == "none_value" else expected[1].replace("(", r"\(")
                        .replace(")", r"\)")):
         trainer.fit(Model())
+
+
+@pytest.mark.parametrize("option", [{"limit_train_batches": -0.1}, {"limit_val_batches": 1.2},
+                                    {"val_check_interval": 1.2}, {"overfit_batches": -0.1}])
+def test_invalid_batch_limits_name_the_value(pl, option):
+    exc = H.submodule(pl, "utilities.exceptions").MisconfigurationException
+    (name, value), = option.items()
+    with pytest.raises(exc, match=rf"passed invalid value {value} for {name}"):
+        pl.Trainer(**QUIET, **option)
