@@ -1,8 +1,11 @@
 """LightningDataModule: the data half of a run (download, split, loaders), reusable across modules."""
 
+import inspect
+import os
+from collections.abc import Sized
 from typing import Any, Iterable
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from raylit.checkpoint import load_checkpoint_file
 from raylit.hparams import HyperparametersMixin
@@ -19,6 +22,25 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
     def __init__(self) -> None:
         super().__init__()
         self.trainer: Any = None
+
+    def __str__(self) -> str:
+        """One line per dataloader hook with its dataset sizes, as Lightning prints it: ``{Train dataloader:
+        size=64}``, ``{Validation dataloader: 1. size=64 ; 2. size=32}``, ``None`` where the hook fails."""
+        lines = []
+        for title, hook in (("Train dataloader", "train_dataloader"), ("Validation dataloader", "val_dataloader"),
+                            ("Test dataloader", "test_dataloader"), ("Predict dataloader", "predict_dataloader")):
+            try:
+                loaders = getattr(self, hook)()
+            except Exception:
+                lines.append(f"{{{title}: None}}")
+                continue
+            if isinstance(loaders, DataLoader):
+                text = f"size={_dataset_size(loaders)}"
+            else:
+                items = loaders.values() if isinstance(loaders, dict) else loaders
+                text = " ; ".join(f"{i}. size={_dataset_size(dl)}" for i, dl in enumerate(items, start=1))
+            lines.append(f"{{{title}: {text}}}")
+        return os.linesep.join(lines)
 
     def state_dict(self) -> dict[str, Any]:
         """State saved in checkpoints under this class's ``__qualname__`` (only when non-empty)."""
@@ -37,9 +59,16 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
                 return {k: loaders(v, shuffle) for k, v in ds.items()}
             if isinstance(ds, (list, tuple)) and not isinstance(ds, Dataset):
                 return [loaders(d, shuffle) for d in ds]
-            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+            # an iterable dataset has no order to shuffle (a DataLoader refuses shuffle=True for one)
+            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and not isinstance(ds, IterableDataset),
+                              num_workers=num_workers, pin_memory=True)
 
-        dm = cls(**datamodule_kwargs)
+        # batch_size / num_workers also reach a subclass's __init__ when it takes them, as in Lightning
+        params = inspect.signature(cls.__init__).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        extra = {k: v for k, v in (("batch_size", batch_size), ("num_workers", num_workers))
+                 if takes_any or k in params}
+        dm = cls(**datamodule_kwargs, **extra)
         if train_dataset is not None:
             dm.train_dataloader = lambda: loaders(train_dataset, True)  # type: ignore[method-assign]
         if val_dataset is not None:
@@ -68,3 +97,8 @@ def _iter_loaders(obj: Any) -> Iterable[Any]:
         yield from obj
     else:
         yield obj
+
+
+def _dataset_size(loader: Any) -> str:
+    dataset = getattr(loader, "dataset", None)
+    return str(len(dataset)) if isinstance(dataset, Sized) else "NA"

@@ -343,3 +343,23 @@ def test_invalid_batch_limits_name_the_value(pl, option):
     (name, value), = option.items()
     with pytest.raises(exc, match=rf"passed invalid value {value} for {name}"):
         pl.Trainer(**QUIET, **option)
+
+
+def test_datamodule_from_datasets_and_str(pl):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(torch.randn(6, 32))
+
+    class Data(pl.LightningDataModule):
+        def __init__(self, batch_size=1, num_workers=0):
+            super().__init__()
+            self.batch_size, self.num_workers = batch_size, num_workers
+
+    dm = Data.from_datasets(H.TensorRows(8), val_dataset=[H.TensorRows(4), H.TensorRows(2)], test_dataset=Stream(),
+                            batch_size=4, num_workers=0)
+    assert dm.batch_size == 4
+    train = dm.train_dataloader()
+    assert train.batch_size == 4 and train.pin_memory
+    assert len(list(dm.test_dataloader())) == 2  # an iterable dataset: no shuffle, no error
+    assert str(dm).splitlines() == ["{Train dataloader: size=8}", "{Validation dataloader: 1. size=4 ; 2. size=2}",
+                                    "{Test dataloader: size=NA}", "{Predict dataloader: None}"]
