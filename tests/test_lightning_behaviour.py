@@ -363,3 +363,46 @@ def test_datamodule_from_datasets_and_str(pl):
     assert len(list(dm.test_dataloader())) == 2  # an iterable dataset: no shuffle, no error
     assert str(dm).splitlines() == ["{Train dataloader: size=8}", "{Validation dataloader: 1. size=4 ; 2. size=2}",
                                     "{Test dataloader: size=NA}", "{Predict dataloader: None}"]
+
+
+def test_save_hyperparameters_through_subclasses_dataclasses_and_composition(pl):
+    import dataclasses
+
+    class Base(pl.LightningModule):
+        def __init__(self, batch_size=64):
+            super().__init__()
+            self.save_hyperparameters()
+
+    class Sub(Base):
+        def __init__(self, *args, subclass_arg=1200, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.save_hyperparameters()
+
+    assert dict(Sub(batch_size=32).hparams) == {"batch_size": 32, "subclass_arg": 1200}
+
+    @dataclasses.dataclass(eq=False)
+    class DataclassModel(pl.LightningModule):
+        mandatory: int
+        optional: str = "cocofruit"
+        ignore_me: bool = False
+
+        def __post_init__(self):
+            super().__init__()
+            self.save_hyperparameters(ignore=("ignore_me",))
+
+    assert dict(DataclassModel(33).hparams) == {"mandatory": 33, "optional": "cocofruit"}
+
+    class Child(pl.LightningModule):
+        def __init__(self, init_method="xavier"):
+            super().__init__()
+            self.save_hyperparameters()
+
+    class Parent(pl.LightningModule):
+        def __init__(self, batch_size=64, optimizer="adam"):
+            super().__init__()
+            self.child = Child()
+
+    # Lightning collects the enclosing module's __init__ arguments too when a module is built inside another
+    assert dict(Parent().child.hparams) == {"init_method": "xavier", "batch_size": 64, "optimizer": "adam"}
+    with pytest.raises(ValueError, match="Primitives"):
+        Base().save_hyperparameters(True)
