@@ -2,12 +2,13 @@
 
 import inspect
 import math
-from itertools import cycle, islice
+from itertools import islice
 from typing import Any, Iterable, Iterator
 
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
 from raylit.ray_data import RayDataLoader, as_loader, is_ray_data  # noqa: F401  (RayDataLoader: public here)
+from raylit.utilities.combined_loader import CombinedLoader
 from raylit.utilities.exceptions import MisconfigurationException
 
 
@@ -40,37 +41,11 @@ def limit_batches(loader: Any, limit: int | float, name: str) -> int | float:
     return used
 
 
-class CombinedTrainLoader:
-    """Several training loaders iterated together in "max_size_cycle" (shorter ones restart) or "min_size"
-    mode; each batch has the structure of the collection (list or dict)."""
-
-    def __init__(self, loaders: list | dict, mode: str = "max_size_cycle") -> None:
-        if mode not in ("max_size_cycle", "min_size"):
-            raise ValueError(f"Unsupported training mode {mode!r}; expected 'max_size_cycle' or 'min_size'")
-        self.loaders, self.mode = loaders, mode
-
-    def _items(self) -> list:
-        return list(self.loaders.items()) if isinstance(self.loaders, dict) else list(enumerate(self.loaders))
-
-    def __len__(self) -> int:
-        lens = [len(dl) for _, dl in self._items()]
-        return max(lens) if self.mode == "max_size_cycle" else min(lens)
-
-    def __iter__(self) -> Iterator:
-        items = self._items()
-        n = len(self)
-        iters = [iter(cycle(dl)) if self.mode == "max_size_cycle" else iter(dl) for _, dl in items]
-        for _ in range(n):
-            values = [next(it) for it in iters]
-            if isinstance(self.loaders, dict):
-                yield {k: v for (k, _), v in zip(items, values)}
-            else:
-                yield values
-
-
 def as_eval_list(obj: Any) -> list:
     if obj is None:
         return []
+    if isinstance(obj, CombinedLoader):  # evaluation runs its loaders one after the other
+        return [as_loader(x) for x in obj.flattened]
     if isinstance(obj, dict):
         return [as_loader(x) for x in obj.values()]
     if isinstance(obj, (list, tuple)):
@@ -86,8 +61,16 @@ def as_train_loader(obj: Any) -> Any:
             raise MisconfigurationException(
                 "Several training loaders including a Ray Dataset are not supported: a CombinedLoader needs "
                 "lengths; merge the datasets with ray.data (union/zip) into one RayDataLoader instead")
-        return CombinedTrainLoader(obj)
+        return CombinedLoader(obj, "max_size_cycle")
+    if isinstance(obj, CombinedLoader) and obj.mode == "sequential":
+        raise ValueError("`FitLoop` does not support the `sequential` mode of a CombinedLoader: use "
+                         "'max_size_cycle', 'max_size' or 'min_size' for training")
     return as_loader(obj)
+
+
+def train_batches(loader: Any) -> Any:
+    """What a training epoch iterates: the batches (a CombinedLoader's, without its index triples)."""
+    return loader.batches() if isinstance(loader, CombinedLoader) else loader
 
 
 def lookahead(iterable: Iterable, limit: int | float, skip: int = 0) -> Iterator[tuple[int, Any, bool]]:

@@ -15,6 +15,7 @@ from raylit.datamodule import LightningDataModule
 from raylit.module import LightningModule
 from raylit.state import TrainerFn
 from raylit.utilities.clock import SharedDeadline
+from raylit.utilities.combined_loader import CombinedLoader
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.model_helpers import overrides
 
@@ -67,9 +68,11 @@ class Loaders:
             add_worker_init_fn(loader, run.runtime.global_rank)
         overfit = config.overfit_batches > 0 and stage in ("train", "val")
         if overfit:
-            loader = without_shuffle(loader)
+            loader = loader.map(without_shuffle) if isinstance(loader, CombinedLoader) else without_shuffle(loader)
         if config.use_distributed_sampler and run.runtime.distributed:
-            loader = run.runtime.setup_dataloader(loader, stage, shuffle=False if overfit else None)
+            shuffle = False if overfit else None
+            loader = loader.shard(run.runtime, stage, shuffle) if isinstance(loader, CombinedLoader) else \
+                run.runtime.setup_dataloader(loader, stage, shuffle=shuffle)
         return loader
 
     # --- training data ------------------------------------------------------------------------------------

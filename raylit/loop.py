@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-from raylit.data import lookahead
+from raylit.data import lookahead, train_batches
 from raylit.evaluation import run_evaluation
 from raylit.state import RunningStage
 from raylit.utilities.apply_func import move_data_to_device
+from raylit.utilities.combined_loader import CombinedLoader
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.model_helpers import accepts_arg
 from raylit.utilities.seed import isolate_rng, rng_state, set_rng_state
@@ -188,7 +189,7 @@ class Loop:
             if resume is not None and resume.get("rng") is not None:
                 set_rng_state(resume["rng"])  # before the iterator exists: creating it draws a seed
         st.epoch_start_rng = rng_state()
-        batches = lookahead(loader, run.loaders.num_training_batches, skip=skip)
+        batches = lookahead(train_batches(loader), run.loaders.num_training_batches, skip=skip)
         if skip:
             set_rng_state(resume["rng"])
             if resume.get("batch_pending") is not None:
@@ -409,10 +410,7 @@ def _split_training_output(out: Any) -> tuple[torch.Tensor | None, dict[str, Any
 
 
 def _set_sampler_epoch(loader: Any, epoch: int) -> None:
-    for obj in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-        if obj is not None and hasattr(obj, "set_epoch"):
-            obj.set_epoch(epoch)
-    inner = getattr(loader, "loaders", None)
-    if inner is not None:
-        for dl in (inner.values() if isinstance(inner, dict) else inner):
-            _set_sampler_epoch(dl, epoch)
+    for dl in (loader.flattened if isinstance(loader, CombinedLoader) else [loader]):
+        for obj in (getattr(dl, "sampler", None), getattr(getattr(dl, "batch_sampler", None), "sampler", None)):
+            if obj is not None and hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)

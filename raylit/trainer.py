@@ -29,6 +29,7 @@ from raylit.precision import Precision
 from raylit.runtime import Runtime
 from raylit.state import RunningStage, TrainerState, TrainerStatus
 from raylit.trainer_args import build_callbacks, build_loggers
+from raylit.utilities.combined_loader import CombinedLoader
 from raylit.utilities.exceptions import MisconfigurationException
 
 
@@ -308,7 +309,9 @@ class Trainer:
     # --- data -----------------------------------------------------------------------------------------------
     @property
     def train_dataloader(self) -> Any:
-        return self._run.loaders.train if self._run is not None else None
+        """The training loader, or the collection of loaders the user returned (as in Lightning)."""
+        loader = self._run.loaders.train if self._run is not None else None
+        return loader.iterables if isinstance(loader, CombinedLoader) else loader
 
     val_dataloaders = property(lambda self: _single_or_list(self._run and self._run.loaders.val))
     test_dataloaders = property(lambda self: _single_or_list(self._run and self._run.loaders.test))

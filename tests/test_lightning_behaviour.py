@@ -406,3 +406,39 @@ def test_save_hyperparameters_through_subclasses_dataclasses_and_composition(pl)
     assert dict(Parent().child.hparams) == {"init_method": "xavier", "batch_size": 64, "optimizer": "adam"}
     with pytest.raises(ValueError, match="Primitives"):
         Base().save_hyperparameters(True)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("min_size", 2), ("max_size_cycle", 4), ("max_size", 4),
+                                                ("sequential", None)])
+def test_combined_loader_modes_in_fit(pl, tmp_path, mode, expected):
+    """A CombinedLoader over a dict of lists of loaders: each training batch has the collection's structure;
+    the mode decides the epoch's length; sequential mode is refused for training."""
+    seen = []
+    combined_loader_cls = H.submodule(pl, "utilities").CombinedLoader
+
+    class Model(_model_cls(pl)):
+        def train_dataloader(self):
+            return combined_loader_cls({"a_b": [H.loader(8), H.loader(4)], "c": [H.loader(4)]}, mode)
+
+        def training_step(self, batch, batch_idx):
+            seen.append(tuple(len(batch[k]) for k in ("a_b", "c")) + (batch["a_b"][1] is None,))
+            return super().training_step(batch["a_b"][0], batch_idx)
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_epochs=1, limit_val_batches=0)
+    if expected is None:
+        with pytest.raises(ValueError, match="FitLoop` does not support"):
+            trainer.fit(Model())
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Model())
+    assert trainer.num_training_batches == expected and len(seen) == expected
+    assert seen[0] == (2, 1, False)
+    assert seen[-1][2] == (mode == "max_size")  # max_size: the exhausted loader gives None
+    assert isinstance(trainer.train_dataloader, dict)  # the user's collection, as in Lightning
+
+
+def test_combined_loader_iterates_like_lightnings(pl):
+    combined = H.submodule(pl, "utilities").CombinedLoader([H.loader(4), H.loader(6)], "sequential")
+    assert [(i, d) for _, i, d in combined] == [(0, 0), (1, 0), (0, 1), (1, 1), (2, 1)]
+    assert len(combined) == 5  # (Lightning knows the length once iterated)

@@ -1,5 +1,6 @@
 """Small helpers that Lightning users import from ``lightning.pytorch.utilities``."""
 
+from raylit.utilities.combined_loader import CombinedLoader
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.parsing import AttributeDict
 from raylit.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
@@ -7,6 +8,7 @@ from raylit.utilities.seed import isolate_rng, seed_everything
 
 __all__ = [
     "AttributeDict",
+    "CombinedLoader",
     "MisconfigurationException",
     "isolate_rng",
     "rank_zero_info",
