@@ -25,9 +25,13 @@ Callbacks run before the module's hook of the same name. A callback with ``runs_
 runs its ``on_train_epoch_end`` after the module's.
 """
 
+from contextlib import nullcontext
 from typing import Any
 
 from raylit.callbacks.base import Callback
+from raylit.profilers.base import PassThroughProfiler
+
+_NO_PROFILE = nullcontext()
 
 # Module hooks whose default does nothing: skipping them when not overridden is invisible to users and
 # keeps the per-batch cost of the loop down.
@@ -57,6 +61,20 @@ def is_overridden(obj: Any, name: str, base: type) -> bool:
 class HookDispatcher:
     """Calls hooks by name on callbacks, the module and the datamodule, tracking the current hook name so
     that ``self.log`` knows where it is called from."""
+
+    def __new__(cls, module: Any, datamodule: Any, callbacks: list[Callback], trainer: Any) -> "HookDispatcher":
+        # A Trainer with a real profiler gets the profiling subclass (raylit/profilers/_hooks.py); without one,
+        # hook calls cost nothing extra.
+        profiler = getattr(trainer, "profiler", None)
+        if cls is HookDispatcher and profiler is not None and not isinstance(profiler, PassThroughProfiler):
+            from raylit.profilers._hooks import ProfiledHookDispatcher
+
+            cls = ProfiledHookDispatcher
+        return super().__new__(cls)
+
+    def profile_step(self, name: str) -> Any:
+        """Context around a ``*_step`` call (the profiled dispatcher records it)."""
+        return _NO_PROFILE
 
     def __init__(self, module: Any, datamodule: Any, callbacks: list[Callback], trainer: Any) -> None:
         from raylit.datamodule import LightningDataModule

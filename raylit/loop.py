@@ -71,7 +71,7 @@ class Loop:
         prev = module._current_fx_name
         module.__dict__["_current_fx_name"] = name
         try:
-            with self.precision.step_context():
+            with self.precision.step_context(), self.hooks.profile_step(name):  # [Strategy]X.{name} when profiled
                 return self.runtime.call_step(self.trainer.model, module, name, *args)
         finally:
             module.__dict__["_current_fx_name"] = prev

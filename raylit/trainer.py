@@ -2,7 +2,6 @@
 
 import math
 import os
-import warnings
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Iterator
@@ -19,6 +18,7 @@ from raylit.loop import Loop
 from raylit.metrics import MetricsConnector, ResultStore
 from raylit.optim import LightningOptimizer, LRSchedulerConfig, normalize_configure_optimizers
 from raylit.precision import Precision, canonical_precision
+from raylit.profilers import PassThroughProfiler, select_profiler
 from raylit.runtime import Runtime
 from raylit.state import RunningStage, TrainerFn, TrainerState, TrainerStatus, TrainState
 from raylit.trainer_args import build_callbacks, build_loggers, check_limit, parse_devices, reorder_callbacks
@@ -249,10 +249,7 @@ class Trainer:
         self.inference_mode = inference_mode
         self.detect_anomaly = detect_anomaly
         self.enable_autolog_hparams = enable_autolog_hparams
-        if profiler is not None:
-            warnings.warn(f"`Trainer(profiler={profiler!r})`: profilers are not implemented in raylit yet; the "
-                          "run is not profiled.", UserWarning, stacklevel=2)
-        self.profiler = None
+        self.profiler = select_profiler(profiler)
         if deterministic not in (None, True, False, "warn"):
             raise MisconfigurationException(f"`deterministic={deterministic!r}`: expected True, False, 'warn' or None")
         self.deterministic = deterministic
@@ -622,6 +619,8 @@ class Trainer:
              verbose: bool = True, return_predictions: bool = True, _model_given: bool = True) -> Any:
         self.state = TrainerState(status=TrainerStatus.RUNNING, fn=TrainerFn(fn))
         self._attach(model, datamodule, fn, train_dataloaders, val_dataloaders, dataloaders)
+        if not isinstance(self.profiler, PassThroughProfiler):  # the report goes to log_dir unless given a dirpath
+            self.profiler.setup(fn, local_rank=self.local_rank if self.world_size > 1 else None, log_dir=self.log_dir)
         self.state.stage = {"fit": RunningStage.TRAINING, "validate": RunningStage.VALIDATING,
                             "test": RunningStage.TESTING, "predict": RunningStage.PREDICTING}[fn]
         hooks = self._hooks
@@ -733,6 +732,7 @@ class Trainer:
         if self.is_global_zero:
             for lg in self.loggers:
                 lg.finalize(status)
+        self.profiler.describe()  # the profiler's report, after the teardown hooks (as in Lightning)
 
     def _merge_model_callbacks(self) -> None:
         extra = self._hooks.module_hook("configure_callbacks")
