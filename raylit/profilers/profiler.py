@@ -19,11 +19,17 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 log = logging.getLogger("raylit.profilers")
-# Like Lightning's own logger: reports are printed unless the application set up logging (root handlers).
-log.setLevel(logging.INFO)
-if not logging.getLogger().hasHandlers() and not log.handlers:
-    log.addHandler(logging.StreamHandler())
-    log.propagate = False
+
+
+def _report_log() -> logging.Logger:
+    """The logger reports go to. Like Lightning's: printed (stderr) unless the application has set up logging
+    (root handlers) by the time the first report is written."""
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+        if not logging.getLogger().hasHandlers() and not log.handlers:
+            log.addHandler(logging.StreamHandler())
+            log.propagate = False
+    return log
 
 
 def _global_rank() -> int:
@@ -114,7 +120,7 @@ class Profiler(ABC):
             self._output_file = _ReportFile(fs.join(os.fspath(self.dirpath), self._prepare_filename()))
             self._write_stream = self._output_file.write
         else:
-            self._write_stream = log.info
+            self._write_stream = _report_log().info
 
     def _stats_to_str(self, stats: dict[str, str]) -> str:
         """A report of one text block per action (AdvancedProfiler, PyTorchProfiler)."""
