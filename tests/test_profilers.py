@@ -278,7 +278,7 @@ def test_pytorch_profiler_on_cpu(tmp_path):
     trainer.fit(Model(), datamodule=Data())
     report = (tmp_path / "fit-torch.txt").read_text()
     assert report.startswith("FIT Profiler Report") and "Profile stats for: records" in report
-    assert "[pl][profile][Strategy]SingleDeviceStrategy.training_step" in report or "aten::" in report
+    assert "[pl][profile]" in report or "aten::" in report, report
     trace = tmp_path / "fit-torch.pt.trace.json"
     assert trace.exists() and "[pl][profile]" in trace.read_text()
     from raylit.utilities.exceptions import MisconfigurationException

@@ -296,14 +296,17 @@ def test_fast_dev_run_skips_the_tuner(tmp_path):
 
 
 def test_tuner_refuses_ray_workers(tmp_path):
+    from types import SimpleNamespace
+
     import raylit
     from raylit.tuner import Tuner
     from raylit.utilities.exceptions import MisconfigurationException
 
-    tuner = Tuner(raylit.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=2, **QUIET))
-    for call in (lambda m: tuner.lr_find(m), lambda m: tuner.scale_batch_size(m)):
-        with pytest.raises(MisconfigurationException, match="in-process.*Trainer\\(devices=1"):
-            call(_model_class(raylit)())
+    for kwargs in ({"accelerator": "cpu", "devices": 2}, {"scaling_config": SimpleNamespace(num_workers=1)}):
+        tuner = Tuner(raylit.Trainer(default_root_dir=tmp_path, **kwargs, **QUIET))
+        for method in ("lr_find", "scale_batch_size"):
+            with pytest.raises(MisconfigurationException, match="in-process.*Trainer\\(devices=1"):
+                getattr(tuner, method)(_model_class(raylit)())
 
 
 # --- the callbacks --------------------------------------------------------------------------------------

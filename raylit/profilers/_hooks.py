@@ -74,7 +74,7 @@ class ProfiledHookDispatcher(HookDispatcher):
         with self.profiler.profile(action):
             return fn(*args, **kwargs)
 
-    def callbacks_hook(self, name: str, *args: Any, after_module: bool | None = None) -> None:
+    def callbacks_hook(self, name: str, *args: Any, after_module: bool | None = None, **kwargs: Any) -> None:
         if name == "on_train_batch_end":
             self._stop_phase("run_training_batch")
         elif name == "on_train_epoch_end" and after_module is not True:
@@ -82,7 +82,7 @@ class ProfiledHookDispatcher(HookDispatcher):
         elif name == "on_exception":
             while self._open:
                 self._stop_phase(self._open[-1])
-        super().callbacks_hook(name, *args, after_module=after_module)
+        super().callbacks_hook(name, *args, after_module=after_module, **kwargs)
 
     def module_hook(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if name in self._lm_skip:
@@ -101,7 +101,7 @@ class ProfiledHookDispatcher(HookDispatcher):
             self._start_phase("run_training_batch")
         return out
 
-    def datamodule_hook(self, name: str, *args: Any) -> Any:
+    def datamodule_hook(self, name: str, *args: Any, **kwargs: Any) -> Any:
         # as in Lightning: every datamodule hook is called (and recorded), prepare_data only when overridden
         dm = self.datamodule
         if dm is None or (name == "prepare_data" and not is_overridden(dm, name, self._dm_base)):
@@ -110,7 +110,7 @@ class ProfiledHookDispatcher(HookDispatcher):
         self.module.__dict__["_current_fx_name"] = name
         try:
             with self.profiler.profile(self._dm_prefix + name):
-                return getattr(dm, name)(*args)
+                return getattr(dm, name)(*args, **kwargs)
         finally:
             self.module.__dict__["_current_fx_name"] = prev
 

@@ -22,16 +22,23 @@ from raylit.utilities.exceptions import MisconfigurationException
 _METHODS = ("fit", "validate", "test", "predict")
 
 
+def _ray_workers(trainer: Any) -> tuple[int, bool]:
+    """How many Ray workers the Trainer's runs use, and whether a ScalingConfig was given (read from the
+    Trainer's settings, ``trainer.config`` or the older attributes; else devices x nodes)."""
+    config = getattr(trainer, "config", None)
+    workers = getattr(config, "num_workers", None) or getattr(trainer, "_num_workers", None) or \
+        trainer.num_devices * trainer.num_nodes
+    scaling = getattr(config, "scaling_config", None) or getattr(trainer, "_scaling_config", None)
+    return int(workers), scaling is not None
+
+
 def check_in_process(trainer: Any, what: str) -> None:
     """Refuse a Trainer whose runs go to Ray workers (several devices or nodes, or a ``scaling_config``)."""
-    workers = getattr(trainer, "_num_workers", None)
-    if workers is None:
-        workers = trainer.num_devices * trainer.num_nodes
-    if workers > 1 or getattr(trainer, "_scaling_config", None) is not None:
+    workers, scaling = _ray_workers(trainer)
+    if workers > 1 or scaling:
         raise MisconfigurationException(
             f"{what} runs in-process, on one device, but this Trainer runs on {workers} Ray worker(s) "
-            f"(devices={trainer.num_devices}, num_nodes={trainer.num_nodes}"
-            f"{', scaling_config' if getattr(trainer, '_scaling_config', None) is not None else ''}). "
+            f"(devices={trainer.num_devices}, num_nodes={trainer.num_nodes}{', scaling_config' if scaling else ''}). "
             "Tune with a one-device Trainer first, e.g. `Tuner(Trainer(devices=1, ...)).lr_find(model)`, and "
             "pass what it found (model.lr, model.batch_size, ...) to the multi-worker Trainer. On a multi-GPU "
             "machine the one-device search finds the per-device batch size.")
