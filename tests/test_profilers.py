@@ -316,3 +316,29 @@ def test_report_written_by_rank_zero_on_ray_workers(ray_cluster, tmp_path):
     assert files == ["fit-perf-0.txt"]  # Lightning's name for local rank 0's report
     text = (tmp_path / "prof" / "fit-perf-0.txt").read_text()
     assert "[Strategy]DDPStrategy.training_step" in text and "run_training_batch" in text
+
+
+def _failed_then_ok(pl, root: Path) -> dict[str, int]:
+    Model, Data, _ = _classes(pl)
+
+    class Failing(Model):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                raise ValueError("boom")
+            return super().training_step(batch, batch_idx)
+
+    prof = H.submodule(pl, "profilers").SimpleProfiler()
+    trainer = pl.Trainer(default_root_dir=root, max_epochs=1, profiler=prof, **H.QUIET)
+    with pytest.raises(ValueError, match="boom"):
+        trainer.fit(Failing(), datamodule=Data())
+    assert prof.current_actions == {}  # nothing left open
+    pl.Trainer(default_root_dir=root, max_epochs=1, profiler=prof, **H.QUIET).fit(Model(), datamodule=Data())
+    return {k: len(prof.recorded_durations[k]) for k in ("run_training_epoch", "run_training_batch")}
+
+
+def test_profiler_survives_a_failed_run(tmp_path):
+    """A run that fails mid-batch leaves no action open (the failed epoch and batch are recorded, as in Lightning);
+    the same profiler records the next run."""
+    expected = _failed_then_ok(H.import_framework(H.REFERENCE), tmp_path / "lightning")
+    assert expected == {"run_training_epoch": 2, "run_training_batch": 2 + 4}
+    assert _failed_then_ok(H.import_framework("raylit"), tmp_path / "raylit") == expected
