@@ -15,3 +15,12 @@ __version__ = "0.1.0"
 
 __all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "callbacks", "loggers",
            "seed_everything", "utilities"]
+
+
+def __getattr__(name: str) -> object:
+    # pl.core, pl.loops, pl.tuner as in Lightning, imported on first use (``import raylit`` stays cheap)
+    if name in ("core", "loops", "profilers", "tuner"):
+        import importlib
+
+        return importlib.import_module(f"raylit.{name}")
+    raise AttributeError(f"module 'raylit' has no attribute {name!r}")

@@ -137,7 +137,7 @@ def dump_checkpoint(run: Any, weights_only: bool = False) -> dict[str, Any]:
     if dm is not None:
         _put_hparams(ckpt, dm, dm.CHECKPOINT_HYPER_PARAMS_NAME, dm.CHECKPOINT_HYPER_PARAMS_KEY,
                      dm.CHECKPOINT_HYPER_PARAMS_TYPE)
-        dm_state = dm.state_dict()
+        dm_state = run.hooks.datamodule_hook("state_dict") or {}  # a hook call: profiled as in Lightning
         if dm_state:
             ckpt[type(dm).__qualname__] = dm_state
     if not weights_only:

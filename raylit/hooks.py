@@ -25,12 +25,15 @@ Callbacks run before the module's hook of the same name. A callback with ``runs_
 runs its ``on_train_epoch_end`` after the module's.
 """
 
+from contextlib import nullcontext
 from typing import Any
 
 from raylit.callbacks.base import Callback
 from raylit.datamodule import LightningDataModule
 from raylit.module import LightningModule
 from raylit.utilities.model_helpers import overrides
+
+_NO_PROFILE = nullcontext()
 
 # Module hooks whose default does nothing: skipping them when not overridden is invisible to users and
 # keeps the per-batch cost of the loop down.
@@ -51,6 +54,10 @@ _NOOP_MODULE_HOOKS = frozenset(
 class HookDispatcher:
     """Calls hooks by name on callbacks, the module and the datamodule, tracking the current hook name so
     that ``self.log`` knows where it is called from."""
+
+    def profile_step(self, name: str) -> Any:
+        """Context around a ``*_step`` call (the profiled dispatcher records it)."""
+        return _NO_PROFILE
 
     def __init__(self, module: Any, datamodule: Any, callbacks: list[Callback], trainer: Any) -> None:
         self.module = module

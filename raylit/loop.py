@@ -67,7 +67,7 @@ class Loop:
         fx = self.module.__dict__
         prev, fx["_current_fx_name"] = fx["_current_fx_name"], name
         try:
-            with self.precision.step_context():
+            with self.precision.step_context(), self.hooks.profile_step(name):  # [Strategy]X.{name} when profiled
                 return self.runtime.call_step(self.run.model, self.module, name, *args)
         finally:
             fx["_current_fx_name"] = prev
@@ -246,7 +246,7 @@ class Loop:
                 fx = module.__dict__
                 prev, fx["_current_fx_name"] = fx["_current_fx_name"], "training_step"
                 try:
-                    with precision.step_context():
+                    with precision.step_context(), hooks.profile_step("training_step"):
                         out = runtime.call_step(run.model, module, "training_step", *args)
                 finally:
                     fx["_current_fx_name"] = prev

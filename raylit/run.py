@@ -22,6 +22,8 @@ from raylit.metrics import MetricsConnector, ResultStore
 from raylit.module import LightningModule
 from raylit.optim import LightningOptimizer, normalize_configure_optimizers
 from raylit.precision import Precision
+from raylit.profilers import PassThroughProfiler
+from raylit.profilers._hooks import ProfiledHookDispatcher
 from raylit.state import RunningStage, TrainerFn, TrainerState, TrainerStatus, TrainState
 from raylit.trainer_args import reorder_callbacks
 from raylit.utilities.exceptions import MisconfigurationException
@@ -49,7 +51,7 @@ class Run:
         self.optimizers: list[Any] = []
         self.lightning_optimizers: list[LightningOptimizer] = []
         self.lr_scheduler_configs: list[Any] = []
-        self.hooks = HookDispatcher(self.module, self.datamodule, trainer.callbacks, trainer)
+        self.hooks = self._dispatcher()
         self.loaders = Loaders(self, spec.data, previous.loaders if previous is not None else None)
         self.loop = Loop(self)
 
@@ -68,6 +70,10 @@ class Run:
             self.datamodule.trainer = trainer
         status.stage = _STAGES[self.fn]
         module_token = running_module.set(self.module)  # Callback.log logs through it
+        profiler = trainer.profiler
+        if not isinstance(profiler, PassThroughProfiler):  # the report goes to log_dir unless the profiler was given a dirpath
+            profiler.setup(self.fn, local_rank=self.runtime.local_rank if self.runtime.world_size > 1 else None,
+                           log_dir=trainer.log_dir)
         try:
             self._setup()
             if self.fn == "fit":
@@ -150,6 +156,7 @@ class Run:
         if self.runtime.is_global_zero:
             for lg in self.trainer.loggers:
                 lg.finalize(status)
+        self.trainer.profiler.describe()  # the profiler's report, after the teardown hooks (as in Lightning)
 
     def _merge_model_callbacks(self) -> None:
         extra = self.hooks.module_hook("configure_callbacks")
@@ -159,8 +166,15 @@ class Run:
         types = {type(cb) for cb in extra}
         kept = [cb for cb in self.trainer.callbacks if not any(isinstance(cb, t) for t in types)]
         self.trainer.callbacks = reorder_callbacks(kept + extra)
-        self.hooks = HookDispatcher(self.module, self.datamodule, self.trainer.callbacks, self.trainer)
+        self.hooks = self._dispatcher()
         self.loop.hooks = self.hooks
+
+    def _dispatcher(self) -> HookDispatcher:
+        """The hook dispatcher; with a real profiler, the one that records every hook (raylit/profilers/_hooks.py)."""
+        trainer = self.trainer
+        profiled = not isinstance(trainer.profiler, PassThroughProfiler)
+        cls = ProfiledHookDispatcher if profiled else HookDispatcher
+        return cls(self.module, self.datamodule, trainer.callbacks, trainer)
 
     def _configure_optimizers(self) -> None:
         module, config = self.module, self.config

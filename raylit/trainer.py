@@ -26,6 +26,7 @@ from raylit.launch.spec import RunSpec
 from raylit.loggers.base import Logger
 from raylit.module import LightningModule
 from raylit.precision import Precision
+from raylit.profilers import select_profiler
 from raylit.runtime import Runtime
 from raylit.state import RunningStage, TrainerState, TrainerStatus
 from raylit.trainer_args import build_callbacks, build_loggers
@@ -122,11 +123,6 @@ class Trainer:
         Train's ``ScalingConfig`` / ``RunConfig`` for full control of a Ray run; they win over the values
         raylit derives from ``accelerator``, ``devices`` and ``num_nodes``."""
         config = TrainerConfig.from_kwargs(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        if profiler is not None:
-            import warnings
-
-            warnings.warn(f"`Trainer(profiler={profiler!r})`: profilers are not implemented in raylit yet; the "
-                          "run is not profiled.", UserWarning, stacklevel=2)
         root = config.default_root_dir if config.default_root_dir is not None else os.getcwd()
         self._setup(config, build_callbacks(callbacks, config.enable_checkpointing, config.enable_progress_bar,
                                             config.enable_model_summary, max_time),
@@ -137,7 +133,7 @@ class Trainer:
         self.callbacks = callbacks
         self.loggers = loggers
         self.strategy = _StrategyView(self)
-        self.profiler = None
+        self.profiler = select_profiler(config.profiler)  # on a Ray worker: the driver's profiler, unpickled
         self.ckpt_path: str | None = None
         self._run: Any = None  # the current or last Run
         self._idle_runtime = Runtime(config.device)
@@ -400,7 +396,7 @@ class Trainer:
         return RunSpec(
             config=self.config, fn=fn, module=model, datamodule=datamodule, callbacks=self.callbacks,
             loggers=self.loggers, data=data or {}, ckpt_path=ckpt_path if ckpt_path is not None else self.ckpt_path,
-            model_given=model_given, profiler=self.profiler, state=previous.state if previous else None,
+            model_given=model_given, state=previous.state if previous else None,
             eval_log_steps=previous.eval_log_steps if previous else None,
             **{k: v for k, v in options.items() if v is not None or k == "weights_only"})
 

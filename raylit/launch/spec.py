@@ -27,7 +27,6 @@ class RunSpec:
     verbose: bool = True
     return_predictions: bool = True
     model_given: bool = True                  # False: validate/test/predict() reuse the last fit's module
-    profiler: Any = None
     # progress a validate/test/predict call continues from (the previous fit's counters and logger steps)
     state: Any = None
     eval_log_steps: dict | None = None
@@ -46,7 +45,7 @@ def pack(spec: RunSpec) -> bytes:
         return cloudpickle.dumps(spec)
     except Exception as err:
         roots = {"model": spec.module, "datamodule": spec.datamodule, "callbacks": spec.callbacks,
-                 "loggers": spec.loggers, "profiler": spec.profiler,
+                 "loggers": spec.loggers, "profiler": spec.config.profiler,
                  **{k: v for k, v in spec.data.items() if v is not None}}
         for name, obj in roots.items():
             found = _find_unpicklable(obj, name) if obj is not None else None
