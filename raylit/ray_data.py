@@ -36,7 +36,6 @@ Nothing here imports Ray at module import time (``import raylit`` must not).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -206,7 +205,7 @@ def _ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        from raylit.launch.ray import connect
+        from raylit.launch.session import connect
 
         connect(0, 0)
 
@@ -251,65 +250,4 @@ def cpu_problem(node_cpus: dict[str, float], workers: list[tuple[str, float]], d
         f"resources_per_worker={{'CPU': 0.5}}))), use fewer devices, or a bigger cluster. (raylit sizes the "
         "workers itself when the Dataset is visible on the driver: passed to fit() or held by the datamodule/"
         "module when fit() is called.)"
-    )
-
-
-def data_cpus_needed(*roots: Any) -> float | None:
-    """Free CPUs Ray Data needs, from the loaders/datasets the driver can see in ``roots`` (the model, the
-    datamodule, the loaders passed to fit): the objects themselves, their attributes, and one level of
-    lists/dicts in those. None when there is no Ray Data in sight (datasets made in ``setup()`` are not:
-    rank 0 checks those when it splits them)."""
-    found: list[float] = []
-
-    def visit(obj: Any, depth: int) -> None:
-        if isinstance(obj, RayDataLoader):
-            found.append(obj.data_cpus)
-        elif is_ray_dataset(obj):
-            found.append(1.0)
-        elif depth >= 3:
-            return
-        elif isinstance(obj, dict):
-            for v in list(obj.values()):
-                visit(v, depth + 1)
-        elif isinstance(obj, (list, tuple)):
-            for v in obj:
-                visit(v, depth + 1)
-        elif depth == 0 and isinstance(getattr(obj, "__dict__", None), dict):
-            for k, v in list(vars(obj).items()):
-                if k not in ("_parameters", "_buffers", "_modules", "trainer", "_trainer"):
-                    visit(v, depth + 1)
-
-    for root in roots:
-        if root is not None:
-            visit(root, 0)
-    return max(found) if found else None
-
-
-def worker_cpus(total_cpus: float, num_workers: int, data_cpus: float) -> float:
-    """CPUs per training worker that leave ``data_cpus`` of ``total_cpus`` free: 1 when there is room, else the
-    share of what is left (raises when nothing is)."""
-    if total_cpus - num_workers >= data_cpus:
-        return 1.0
-    share = (total_cpus - data_cpus) / num_workers
-    if share < 0.01:
-        raise MisconfigurationException(
-            f"Ray Data needs {data_cpus:g} free CPU(s) beyond the {num_workers} training workers, but the Ray "
-            f"cluster has only {total_cpus:g} CPUs. Use fewer devices, a bigger cluster, or RayDataLoader(..., "
-            f"data_cpus=0) if your Ray Data tasks ask for no CPU."
-        )
-    return math.floor(share * 100) / 100  # never above the exact share: the workers' sum must fit
-
-
-def check_scaling(scaling: Any, total_cpus: float, data_cpus: float) -> None:
-    """Driver-side: a ScalingConfig whose workers leave Ray Data less than ``data_cpus`` CPUs cannot work."""
-    per_worker = float((scaling.resources_per_worker or {}).get("CPU", 1.0))
-    n = scaling.num_workers if isinstance(scaling.num_workers, int) else scaling.num_workers[0]
-    if total_cpus - n * per_worker + 1e-9 >= data_cpus:
-        return
-    raise MisconfigurationException(
-        f"This run reads Ray Data, which needs {data_cpus:g} free CPU(s) beyond the training workers, but {n} "
-        f"workers x {per_worker:g} CPU = {n * per_worker:g} of the cluster's {total_cpus:g} CPUs leave "
-        f"{max(total_cpus - n * per_worker, 0):g}: the first read would wait forever. Give the workers fewer "
-        f"CPUs (ScalingConfig(resources_per_worker={{'CPU': {max((total_cpus - data_cpus) / n, 0):.2g}}})), use "
-        f"fewer workers or a bigger cluster."
     )

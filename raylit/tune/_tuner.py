@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ray.tune import Callback as TuneCallback
 from ray.tune.stopper import Stopper
 
+from raylit.launch.session import connect
 from raylit.tune._trial import (
     NOT_SEARCHABLE,
     TRAINER_PREFIX,
@@ -147,7 +148,7 @@ class Tuner:
     def _make_tuner(self) -> Any:
         from ray import tune
 
-        connect_ray()
+        connect(0, 0)  # reuse a connected Ray; else RAY_ADDRESS; else a private local instance
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         tune_config = self.tune_config
         resources = self._resources or default_resources(self.spec.trainer)
@@ -197,7 +198,7 @@ class Tuner:
             spec.build = build
         if trainer is not None:
             spec.trainer = trainer
-        connect_ray()
+        connect(0, 0)  # reuse a connected Ray; else RAY_ADDRESS; else a private local instance
         self = cls.__new__(cls)
         self.spec, self._watch, self._pbt, self._resources = spec, _ErrorWatch(), None, None
         self.param_space, self.tune_config, self.run_config = param_space or {}, None, None
@@ -289,30 +290,6 @@ def _metric_names(tune_config: Any) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------------------------
 # Ray, resources, the trainable
 # --------------------------------------------------------------------------------------------------------------
-def connect_ray() -> None:
-    """Reuse a connected Ray; else connect the way raylit's launcher does (RAY_ADDRESS, or a private local
-    instance: a bare ray.init() could silently join another cluster started on this host)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        from raylit.launch.ray import connect
-    except ImportError:
-        connect = None
-    if connect is not None:
-        try:
-            connect(0, 0)
-            return
-        except TypeError:
-            pass
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
-
-
 def default_resources(trainer: Any) -> dict[str, float]:
     if trainer._num_workers > 1 or trainer._scaling_config is not None:
         # The trial actor only drives; the Ray Train workers reserve their own resources (in their own placement
