@@ -26,7 +26,8 @@ Sampling policy (``setup_dataloader``), as Lightning does unless noted:
   on_step=True)`` in ``validation_step`` is a collective per batch, and a rank with one batch more would wait
   forever. When the counts would differ, we fall back to Lightning's behaviour (a non-shuffled
   ``DistributedSampler`` that pads with repeated samples) and warn that the metric counts a few samples twice.
-* Ray Data (``RayDataLoader``): ``streaming_split`` over the ranks, equal row counts except for predict
+* a loader with a ``shard(runtime, stage, shuffle)`` method (``raylit.runtime.Shardable``) splits itself; Ray
+  Data's ``RayDataLoader`` does a ``streaming_split`` over the ranks, equal row counts except for predict
   (raylit/ray_data.py).
 * predict: every sample exactly once, in contiguous chunks (rank 0 gets the first chunk, ...), so
   concatenating the ranks' predictions in rank order restores the dataset order. Predict steps are not
@@ -56,8 +57,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from raylit.ray_data import RayDataLoader
-from raylit.runtime import Runtime
+from raylit.runtime import Runtime, Shardable
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
@@ -257,8 +257,8 @@ class DistributedRuntime(Runtime):
             return type(loader)(self.setup_dataloader(x, stage, shuffle=shuffle) for x in loader)
         if isinstance(loader, dict):
             return {k: self.setup_dataloader(v, stage, shuffle=shuffle) for k, v in loader.items()}
-        if isinstance(loader, RayDataLoader):
-            return loader.shard(self, stage, shuffle)  # streaming_split; see raylit/ray_data.py
+        if isinstance(loader, Shardable):
+            return loader.shard(self, stage, shuffle)  # e.g. RayDataLoader's streaming_split (raylit/ray_data.py)
         if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
             return loader  # an iterable dataset shards itself (e.g. via get_worker_info / the rank)
         if isinstance(loader.sampler, DistributedSampler) or isinstance(
