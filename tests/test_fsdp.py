@@ -205,7 +205,7 @@ def _check_runtime(rank: int) -> None:
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
-    from raylit.fsdp import FSDPRuntime
+    from raylit.distributed.fsdp import FSDPRuntime
 
     data = _Rows(16)
     x, y = data.x, data.y

@@ -253,7 +253,7 @@ def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0)
     trainer, model, fn, kwargs = spec["trainer"], spec["model"], spec["fn"], spec["kwargs"]
     runtime_cls = DistributedRuntime
     if trainer._strategy_flag == "fsdp":  # shard the module with FSDP2 instead of wrapping it in DDP
-        from raylit.fsdp import FSDPRuntime as runtime_cls
+        from raylit.distributed.fsdp import FSDPRuntime as runtime_cls
     if spec.get("seed") is not None:
         # Lightning re-runs the user's script (and its seed_everything) on every rank; here the driver's seed
         # is re-applied instead, so every rank starts from the same RNG state, as it would under Lightning.

@@ -51,7 +51,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from raylit.distributed import _DDP_STEPS, DistributedRuntime, _redirected_forward
+from raylit.distributed.runtime import _DDP_STEPS, DistributedRuntime, _redirected_forward
+from raylit.distributed.sync_bn import convert_batchnorm
 
 WrapPolicy = Callable[[nn.Module], bool] | Iterable[type] | None
 
@@ -88,7 +89,7 @@ class FSDPRuntime(DistributedRuntime):
     # --- model ----------------------------------------------------------------------------------------------
     def wrap_model(self, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
         if self.sync_batchnorm:
-            self._convert_batchnorm(module)
+            self._converted_bn += convert_batchnorm(module, self.device)
         if not any(p.requires_grad for p in module.parameters()):
             return module
         mesh = init_device_mesh(self.device.type, (self.world_size,))
