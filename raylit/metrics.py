@@ -96,6 +96,27 @@ class ResultStore:
             e.reset()
         self.version += 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums behind this loop's ``on_epoch`` values so far (on the CPU), which a run restored in
+        the middle of an epoch continues. torchmetrics objects keep their own state and are not included."""
+        sums = []
+        for (fx, name, dl_idx), e in self.entries.items():
+            if e.active and e.on_epoch and e.metric is None and e.total is not None:
+                weight = e.weight.detach().cpu() if isinstance(e.weight, Tensor) else e.weight
+                sums.append((str(fx), name, dl_idx, tuple(e.meta), e.total.detach().cpu(), weight))
+        return {"epoch_sums": sums}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put the sums of ``state_dict()`` back (on this store's device), as if they had been logged here."""
+        device = self.runtime.device
+        for fx, name, dl_idx, meta, total, weight in state.get("epoch_sums", []):
+            entry = _Entry(name, dl_idx, tuple(meta))
+            entry.total = total.to(device)
+            entry.weight = weight.to(device) if isinstance(weight, Tensor) else weight
+            entry.active = True
+            self.entries[(fx, name, dl_idx)] = entry
+        self.version += 1
+
     def log(self, fx: str, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool, on_epoch: bool,
             reduce: str, sync: bool, add_dataloader_idx: bool, batch_size: int | None, enable_graph: bool) -> None:
         dl_idx = self.dataloader_idx if add_dataloader_idx else None

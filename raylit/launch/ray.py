@@ -283,9 +283,9 @@ def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0)
 
         trainer._precision = Precision(trainer._precision_name, runtime.device)
 
-    from raylit.launch import fault  # fault tolerance: restore this run's newest resume checkpoint, if any
+    from raylit.launch.restore import prepare_worker  # fault tolerance: restore this run's newest checkpoint
 
-    kwargs = fault.prepare_worker(spec, trainer, runtime, fn, kwargs)
+    kwargs = prepare_worker(spec, trainer, runtime, fn, kwargs)
     output = trainer._run(fn, model, **kwargs)
     if fn == "predict":
         output = _gather_predictions(runtime, trainer, output)
