@@ -100,8 +100,12 @@ class FSDPRuntime(DistributedRuntime):
         # Bottom-up (children before parents), as fully_shard requires; a unit never includes a parameter
         # that a unit below it already manages.
         for child, parent in reversed(list(_modules_with_parents(module))):
-            if child is not module and not isinstance(child, FSDPModule) and wants(child, parent) \
-                    and any(True for _ in child.parameters()):
+            if (
+                child is not module
+                and not isinstance(child, FSDPModule)
+                and wants(child, parent)
+                and any(True for _ in child.parameters())
+            ):
                 fully_shard(child, **kwargs)
         if not isinstance(module, FSDPModule):
             fully_shard(module, **kwargs)
@@ -233,8 +237,10 @@ def _unshard_in_place(root: nn.Module) -> None:
                 handle.remove()
         group = state._fsdp_param_group
         if group is not None:
-            for handles in (group._module_to_pre_save_state_dict_hook_handle,
-                            group._module_to_pre_load_state_dict_hook_handle):
+            for handles in (
+                group._module_to_pre_save_state_dict_hook_handle,
+                group._module_to_pre_load_state_dict_hook_handle,
+            ):
                 for handle in handles.values():
                     handle.remove()
             for fsdp_param in group.fsdp_params:
@@ -255,8 +261,14 @@ def _full_tensor(param: DTensor) -> torch.Tensor:
     local = param.to_local()
     mesh = param.device_mesh
     if local.device.type != mesh.device_type:
-        param = DTensor.from_local(local.to(mesh.device_type), mesh, param.placements, run_check=False,
-                                   shape=param.shape, stride=param.stride())
+        param = DTensor.from_local(
+            local.to(mesh.device_type),
+            mesh,
+            param.placements,
+            run_check=False,
+            shape=param.shape,
+            stride=param.stride(),
+        )
     return param.full_tensor().detach().to(local.device).clone()
 
 

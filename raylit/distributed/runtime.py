@@ -212,6 +212,7 @@ class DistributedRuntime(Runtime):
             return loader.shard(self, stage, shuffle)  # e.g. RayDataLoader's streaming_split (raylit/ray_data.py)
         return shard_loader(loader, stage, shuffle, self.world_size, self.global_rank)  # see samplers.py
 
+
 # --- forward redirection -----------------------------------------------------------------------------------
 def _redirected_forward(wrapped: DistributedDataParallel, module: nn.Module, name: str, *args: Any) -> Any:
     """Call ``module.<name>(*args)`` from inside ``wrapped.forward``.

@@ -199,8 +199,11 @@ def _user_error_callback_class() -> type:
             if self.max_failures == -1 or self.failures <= self.max_failures:
                 dead = [r for r, e in sorted(worker_exceptions.items()) if type(e).__module__.startswith("ray")]
                 what = f"worker rank(s) {dead} lost" if dead else f"rank(s) {sorted(worker_exceptions)} lost a peer"
-                print(f"raylit: {what}; restarting the worker group (restart {self.failures} of {limit}); every "
-                      "worker restores the newest resume checkpoint", file=sys.stderr)
+                print(
+                    f"raylit: {what}; restarting the worker group (restart {self.failures} of {limit}); every "
+                    "worker restores the newest resume checkpoint",
+                    file=sys.stderr,
+                )
 
     return StopOnUserCodeError
 

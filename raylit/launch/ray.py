@@ -162,9 +162,7 @@ def launch(trainer: Any, fn: str, model: Any, kwargs: dict) -> Any:
     }
     # fault tolerance (raylit/launch/fault.py): restarts, and the resume directory every attempt restores from
     run_cfg, config["fault"] = fault.driver_plan(trainer, fn, run_config(trainer, fn))
-    torch_trainer = TorchTrainer(
-        _worker_main, train_loop_config=config, scaling_config=scaling, run_config=run_cfg
-    )
+    torch_trainer = TorchTrainer(_worker_main, train_loop_config=config, scaling_config=scaling, run_config=run_cfg)
     try:
         env = dict(_TRAIN_ENV_DEFAULTS)
         if session.started_here():
@@ -297,6 +295,7 @@ def run_worker(spec: dict, device: Any, local_rank: int = 0, node_rank: int = 0)
     # would pick the *next* free version when asked for log_dir.
     versions = [getattr(lg, "_version", None) for lg in trainer.loggers]
     return {"results": results, "output": output, "logger_versions": versions}
+
 
 def _gather_predictions(runtime: Any, trainer: Any, output: Any) -> Any:
     """Every rank's predictions, concatenated in rank order. The predict sampler gives each rank a contiguous

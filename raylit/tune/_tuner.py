@@ -194,9 +194,14 @@ class Tuner:
         # Tune restores its TuneConfig and RunConfig from the experiment; the RunConfig here only names it
         experiment = str(path).rstrip("/") if "://" in str(path) else os.path.abspath(os.path.expanduser(path))
         name, storage = os.path.basename(experiment), os.path.dirname(experiment)
-        restored = cls(spec.build, trainer=spec.trainer, param_space=param_space,
-                       run_config=tune.RunConfig(name=name, storage_path=storage),
-                       checkpoint_frequency=spec.checkpoint_frequency, check_unused_keys=spec.check_unused_keys)
+        restored = cls(
+            spec.build,
+            trainer=spec.trainer,
+            param_space=param_space,
+            run_config=tune.RunConfig(name=name, storage_path=storage),
+            checkpoint_frequency=spec.checkpoint_frequency,
+            check_unused_keys=spec.check_unused_keys,
+        )
         restored.spec = spec  # the sweep's own settings (metrics, seed, ...) as saved when it started
         connect(0, 0)
         restored._tuner = tune.Tuner.restore(
