@@ -460,7 +460,7 @@ def main() -> None:
         num_cpus=args.num_cpus,
         include_dashboard=False,
         logging_level="ERROR",
-        runtime_env={"worker_process_setup_hook": "raylit.launch.ray.quiet_ray_workers"},
+        runtime_env={"worker_process_setup_hook": "raylit.launch.session.quiet_ray_workers"},
     )
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # several Ray instances may share the host
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs; "

@@ -186,7 +186,7 @@ def run_variant(args) -> dict:
         num_cpus=2,
         include_dashboard=args.variant == "baseline",
         logging_level="ERROR",
-        runtime_env={"worker_process_setup_hook": "raylit.launch.ray.quiet_ray_workers"},
+        runtime_env={"worker_process_setup_hook": "raylit.launch.session.quiet_ray_workers"},
     )
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # several Ray instances may share the host
     t0 = time.perf_counter()

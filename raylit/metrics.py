@@ -14,23 +14,34 @@ from raylit.utilities.exceptions import MisconfigurationException
 _TRAIN_STEP_HOOKS = frozenset(
     "training_step on_train_batch_start on_train_batch_end on_before_backward backward on_after_backward "
     "on_before_optimizer_step optimizer_step configure_gradient_clipping clip_gradients on_before_zero_grad "
-    "optimizer_zero_grad".split())
+    "optimizer_zero_grad".split()
+)
 _EVAL_STEP_HOOKS = frozenset(
     "validation_step test_step on_validation_batch_start on_validation_batch_end on_test_batch_start "
-    "on_test_batch_end".split())
+    "on_test_batch_end".split()
+)
 _EPOCH_ONLY_HOOKS = frozenset(
     "on_train_start on_train_epoch_start on_train_epoch_end on_validation_start on_validation_epoch_start "
-    "on_validation_epoch_end on_test_start on_test_epoch_start on_test_epoch_end".split())
+    "on_validation_epoch_end on_test_start on_test_epoch_start on_test_epoch_end".split()
+)
 
 _REDUCTIONS = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
-_TORCH_REDUCTIONS = {torch.mean: "mean", torch.sum: "sum", sum: "sum", torch.max: "max", max: "max",
-                     torch.min: "min", min: "min"}
+_TORCH_REDUCTIONS = {
+    torch.mean: "mean",
+    torch.sum: "sum",
+    sum: "sum",
+    torch.max: "max",
+    max: "max",
+    torch.min: "min",
+    min: "min",
+}
 
 
 def _resolve_flags(fx: str | None, name: str, on_step: bool | None, on_epoch: bool | None) -> tuple[bool, bool]:
     if fx is None:
         raise MisconfigurationException(
-            f"You are trying to `self.log({name!r}, ...)` but it is not managed by the `Trainer` control flow")
+            f"You are trying to `self.log({name!r}, ...)` but it is not managed by the `Trainer` control flow"
+        )
     if fx in _TRAIN_STEP_HOOKS:
         defaults = (True, False)
     elif fx in _EVAL_STEP_HOOKS:
@@ -38,21 +49,39 @@ def _resolve_flags(fx: str | None, name: str, on_step: bool | None, on_epoch: bo
     elif fx in _EPOCH_ONLY_HOOKS:
         if on_step:
             raise MisconfigurationException(
-                f"You can't `self.log({name!r}, ..., on_step=True)` in `{fx}`: only on_step=False is allowed there")
+                f"You can't `self.log({name!r}, ..., on_step=True)` in `{fx}`: only on_step=False is allowed there"
+            )
         if on_epoch is False:
             raise MisconfigurationException(
-                f"You can't `self.log({name!r}, ..., on_epoch=False)` in `{fx}`: only on_epoch=True is allowed there")
+                f"You can't `self.log({name!r}, ..., on_epoch=False)` in `{fx}`: only on_epoch=True is allowed there"
+            )
         defaults = (False, True)
     else:
         raise MisconfigurationException(
             f"You can't `self.log({name!r}, ...)` inside `{fx}`. Logging is allowed in the training/validation/"
-            "test steps and the batch/epoch hooks of training, validation and test.")
+            "test steps and the batch/epoch hooks of training, validation and test."
+        )
     return (defaults[0] if on_step is None else on_step), (defaults[1] if on_epoch is None else on_epoch)
 
 
 class _Entry:
-    __slots__ = ("name", "dl_idx", "prog_bar", "logger", "on_step", "on_epoch", "reduce", "sync", "meta",
-                 "step_value", "total", "weight", "metric", "computed", "active")
+    __slots__ = (
+        "name",
+        "dl_idx",
+        "prog_bar",
+        "logger",
+        "on_step",
+        "on_epoch",
+        "reduce",
+        "sync",
+        "meta",
+        "step_value",
+        "total",
+        "weight",
+        "metric",
+        "computed",
+        "active",
+    )
 
     def __init__(self, name: str, dl_idx: int | None, meta: tuple) -> None:
         self.name = name
@@ -96,8 +125,42 @@ class ResultStore:
             e.reset()
         self.version += 1
 
-    def log(self, fx: str, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool, on_epoch: bool,
-            reduce: str, sync: bool, add_dataloader_idx: bool, batch_size: int | None, enable_graph: bool) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums behind this loop's ``on_epoch`` values so far (on the CPU), which a run restored in
+        the middle of an epoch continues. torchmetrics objects keep their own state and are not included."""
+        sums = []
+        for (fx, name, dl_idx), e in self.entries.items():
+            if e.active and e.on_epoch and e.metric is None and e.total is not None:
+                weight = e.weight.detach().cpu() if isinstance(e.weight, Tensor) else e.weight
+                sums.append((str(fx), name, dl_idx, tuple(e.meta), e.total.detach().cpu(), weight))
+        return {"epoch_sums": sums}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put the sums of ``state_dict()`` back (on this store's device), as if they had been logged here."""
+        device = self.runtime.device
+        for fx, name, dl_idx, meta, total, weight in state.get("epoch_sums", []):
+            entry = _Entry(name, dl_idx, tuple(meta))
+            entry.total = total.to(device)
+            entry.weight = weight.to(device) if isinstance(weight, Tensor) else weight
+            entry.active = True
+            self.entries[(fx, name, dl_idx)] = entry
+        self.version += 1
+
+    def log(
+        self,
+        fx: str,
+        name: str,
+        value: Any,
+        prog_bar: bool,
+        logger: bool,
+        on_step: bool,
+        on_epoch: bool,
+        reduce: str,
+        sync: bool,
+        add_dataloader_idx: bool,
+        batch_size: int | None,
+        enable_graph: bool,
+    ) -> None:
         dl_idx = self.dataloader_idx if add_dataloader_idx else None
         key = (fx, name, dl_idx)
         meta = (prog_bar, logger, on_step, on_epoch, reduce, sync, add_dataloader_idx)
@@ -106,7 +169,8 @@ class ResultStore:
             entry = self.entries[key] = _Entry(name, dl_idx, meta)
         elif entry.meta != meta:
             raise MisconfigurationException(
-                f"You called `self.log({name}, ...)` twice in `{fx}` with different arguments. This is not allowed")
+                f"You called `self.log({name}, ...)` twice in `{fx}` with different arguments. This is not allowed"
+            )
         self.version += 1
         entry.active = True
         entry.computed = None
@@ -221,13 +285,29 @@ class MetricsConnector:
         self.callback_metrics, self.logged_metrics, self.progress_bar_metrics = {}, {}, {}
         self._merged_version = None
 
-    def log(self, fx: str | None, name: str, value: Any, *, prog_bar: bool, logger: bool | None,
-            on_step: bool | None, on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, sync_dist: bool,
-            add_dataloader_idx: bool, batch_size: int | None, rank_zero_only: bool) -> None:
+    def log(
+        self,
+        fx: str | None,
+        name: str,
+        value: Any,
+        *,
+        prog_bar: bool,
+        logger: bool | None,
+        on_step: bool | None,
+        on_epoch: bool | None,
+        reduce_fx: Any,
+        enable_graph: bool,
+        sync_dist: bool,
+        add_dataloader_idx: bool,
+        batch_size: int | None,
+        rank_zero_only: bool,
+    ) -> None:
         trainer = self.trainer
         if trainer.predicting or self.store is None:
-            raise MisconfigurationException(f"You can't `self.log({name!r}, ...)` inside `{fx}`: "
-                                            "logging is not supported during predict or outside the loops")
+            raise MisconfigurationException(
+                f"You can't `self.log({name!r}, ...)` inside `{fx}`: "
+                "logging is not supported during predict or outside the loops"
+            )
         if getattr(trainer, "barebones", False):
             warnings.warn("`self.log` does nothing with `Trainer(barebones=True)`", UserWarning, stacklevel=3)
             return
@@ -238,22 +318,40 @@ class MetricsConnector:
         if isinstance(value, dict):
             raise ValueError(f"`self.log({name}, {value})` was called, but nested dictionaries cannot be logged")
         if isinstance(value, Tensor) and value.numel() != 1:
-            raise ValueError(f"`self.log({name}, {value})` was called, but the tensor must have a single element. "
-                             f"You can try doing `self.log({name}, {value}.mean())`")
+            raise ValueError(
+                f"`self.log({name}, {value})` was called, but the tensor must have a single element. "
+                f"You can try doing `self.log({name}, {value}.mean())`"
+            )
         if not isinstance(value, (Tensor, numbers.Number)) and not _is_metric(value):
-            raise ValueError(f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot "
-                             "be logged")
+            raise ValueError(
+                f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot be logged"
+            )
         if add_dataloader_idx and "/dataloader_idx_" in name:
             raise MisconfigurationException(
                 f"You called `self.log` with the key `{name}` but it should not contain information about "
-                "`dataloader_idx`")
+                "`dataloader_idx`"
+            )
         reduce = _REDUCTIONS.get(reduce_fx.lower()) if isinstance(reduce_fx, str) else _TORCH_REDUCTIONS.get(reduce_fx)
         if reduce is None:
-            raise MisconfigurationException(f"`self.log({name!r}, ..., reduce_fx={reduce_fx!r})`: reduce_fx must "
-                                            "be one of 'mean', 'avg', 'sum', 'max', 'min' (or torch.mean/sum/max/min)")
+            raise MisconfigurationException(
+                f"`self.log({name!r}, ..., reduce_fx={reduce_fx!r})`: reduce_fx must "
+                "be one of 'mean', 'avg', 'sum', 'max', 'min' (or torch.mean/sum/max/min)"
+            )
         sync = sync_dist and not rank_zero_only and trainer._runtime.distributed
-        self.store.log(fx, name, value, prog_bar, True if logger is None else logger, on_step, on_epoch, reduce,
-                       sync, add_dataloader_idx, batch_size, enable_graph)
+        self.store.log(
+            fx,
+            name,
+            value,
+            prog_bar,
+            True if logger is None else logger,
+            on_step,
+            on_epoch,
+            reduce,
+            sync,
+            add_dataloader_idx,
+            batch_size,
+            enable_graph,
+        )
         if (sync or (_is_metric(value) and trainer._runtime.distributed)) and fx in _EPOCH_ONLY_HOOKS:
             # every rank runs this hook: reduce now, so monitors and rank-0 readers see the synced value
             self.store.compute_synced()
@@ -308,8 +406,9 @@ class MetricsConnector:
         self.progress_bar_metrics.update(pbar)
         return log
 
-    def send_to_loggers(self, metrics: dict[str, Any], step: int | None = None,
-                        default_step: int | None = None) -> None:
+    def send_to_loggers(
+        self, metrics: dict[str, Any], step: int | None = None, default_step: int | None = None
+    ) -> None:
         """Hand ``metrics`` to every logger (rank 0). Without ``step``, a logged "step" value is the step, else
         ``default_step``, else the loggers' step axis (``batches_that_stepped``); "epoch" is added then."""
         trainer = self.trainer

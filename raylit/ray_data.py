@@ -28,20 +28,19 @@ workers' nodes)`` on *its* Dataset and broadcasts the split iterators (small, pi
 
 CPUs. Ray Data's read/map tasks need whole free CPUs (1 each by default) beyond the training workers. On a
 2-CPU node, 2 workers x 1 CPU leave none and the first read waits forever. The launcher therefore sizes the
-workers when it can see Ray Data on the driver (see ``data_cpus_needed``), raylit's private local Ray always has
-one logical CPU to spare, and rank 0 checks the real placement before splitting: ``cpu_problem``.
+workers when it can see Ray Data on the driver (``raylit.launch.resources.data_cpus_needed``), raylit's private
+local Ray always has one logical CPU to spare, and rank 0 checks the real placement before splitting
+(``raylit.launch.ray_data.cpu_problem``).
 
-Nothing here imports Ray at module import time (``import raylit`` must not).
+This module is the user-facing type and never imports Ray; what calls Ray (connecting, shuffling, splitting)
+is in ``raylit.launch.ray_data``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from typing import Any
-
-from raylit.utilities.exceptions import MisconfigurationException
 
 DEFAULT_BATCH_SIZE = 256  # ray.data.DataIterator.iter_torch_batches' default
 
@@ -118,7 +117,9 @@ class RayDataLoader:
 
     # --- in one process ---------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
-        _ensure_ray()
+        from raylit.launch.ray_data import ensure_connected
+
+        ensure_connected()  # in-process: the launcher's way, not Ray Data's implicit ray.init()
         if self._source is None:
             self._source = self.source(self.shuffle)
         self._epoch += 1
@@ -134,37 +135,21 @@ class RayDataLoader:
         """The Dataset to read: with ``shuffle``, a global shuffle that takes a new order at every pass."""
         if not shuffle:
             return self.dataset
-        from ray.data import RandomSeedConfig
+        from raylit.launch.ray_data import reshuffled_every_pass
 
-        seed = RandomSeedConfig(seed=self._shuffle_seed(), reseed_after_execution=True)
-        return self.dataset.random_shuffle(seed=seed)
+        return reshuffled_every_pass(self.dataset, self._shuffle_seed())
 
     # --- over the workers of a DistributedRuntime ---------------------------------------------------------
     def shard(self, runtime: Any, stage: str, shuffle: bool | None = None) -> _RayDataShard:
         """This rank's part of the Dataset. A collective: every rank calls it at the same point (the loop
         loads dataloaders on all ranks together). Raises on every rank when Ray Data could not get a CPU."""
-        import ray
+        from raylit.launch.ray_data import split_for_ranks
 
         do_shuffle = self.shuffle if shuffle is None else shuffle
-        me = (ray.get_runtime_context().get_node_id(), _assigned_cpus())
-        everyone = runtime.all_gather_object(me)
-        payload: Any = None
-        if runtime.global_rank == 0:
-            problem = cpu_problem(_node_cpus(), everyone, self.data_cpus)
-            if problem is not None:
-                payload = ("error", problem)
-            else:
-                ds = self.source(do_shuffle)
-                ds = ds.copy(ds)  # our own context: no progress bars from the coordinator (rank 0 has one)
-                ds.context.enable_progress_bars = False
-                splits = ds.streaming_split(
-                    runtime.world_size, equal=stage != "predict", locality_hints=[node for node, _ in everyone]
-                )
-                payload = ("ok", splits)
-        kind, value = runtime.broadcast(payload)
-        if kind == "error":
-            raise MisconfigurationException(value)
-        return _RayDataShard(value[runtime.global_rank], self)
+        iterator = split_for_ranks(
+            runtime, lambda: self.source(do_shuffle), equal=stage != "predict", data_cpus=self.data_cpus
+        )
+        return _RayDataShard(iterator, self)
 
 
 class _RayDataShard:
@@ -197,119 +182,4 @@ def _torch_batches(source: Any, s: RayDataLoader, epoch: int) -> Any:
         prefetch_batches=s.prefetch_batches,
         local_shuffle_buffer_size=s.local_shuffle_buffer_size,
         local_shuffle_seed=local_seed,
-    )
-
-
-def _ensure_ray() -> None:
-    """In-process runs: connect the way the launcher does (RAY_ADDRESS, else a private local instance) rather
-    than letting Ray Data's implicit ``ray.init()`` join whatever cluster ``ray start`` last recorded."""
-    import ray
-
-    if not ray.is_initialized():
-        from raylit.launch.ray import connect
-
-        connect(0, 0)
-
-
-def _assigned_cpus() -> float:
-    import ray
-
-    try:
-        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
-    except Exception:
-        return 0.0
-
-
-def _node_cpus() -> dict[str, float]:
-    import ray
-
-    return {n["NodeID"]: float(n.get("Resources", {}).get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# CPU budget
-# --------------------------------------------------------------------------------------------------------------
-def cpu_problem(node_cpus: dict[str, float], workers: list[tuple[str, float]], data_cpus: float) -> str | None:
-    """Why Ray Data cannot run next to these training workers, or None. ``node_cpus``: CPUs of each alive node;
-    ``workers``: (node id, CPUs held) of every training worker. A Ray Data task needs ``data_cpus`` free CPUs
-    on one node (other jobs on a shared cluster are not counted: this catches configurations that can never
-    work, which would otherwise wait forever)."""
-    if data_cpus <= 0:
-        return None
-    free = dict(node_cpus)
-    for node, cpus in workers:
-        free[node] = free.get(node, 0.0) - cpus
-    best = max(free.values(), default=0.0)
-    if best + 1e-9 >= data_cpus:
-        return None
-    held = sum(c for _, c in workers)
-    return (
-        f"Ray Data needs {data_cpus:g} free CPU(s) on some node beyond the training workers, but the "
-        f"{len(workers)} workers hold {held:g} of the cluster's {sum(node_cpus.values()):g} CPUs and leave at most "
-        f"{max(best, 0.0):g} free on any node: its read/map tasks would wait forever. Give the workers fewer "
-        f"CPUs (e.g. Trainer(scaling_config=ray.train.ScalingConfig(num_workers={len(workers)}, "
-        f"resources_per_worker={{'CPU': 0.5}}))), use fewer devices, or a bigger cluster. (raylit sizes the "
-        "workers itself when the Dataset is visible on the driver: passed to fit() or held by the datamodule/"
-        "module when fit() is called.)"
-    )
-
-
-def data_cpus_needed(*roots: Any) -> float | None:
-    """Free CPUs Ray Data needs, from the loaders/datasets the driver can see in ``roots`` (the model, the
-    datamodule, the loaders passed to fit): the objects themselves, their attributes, and one level of
-    lists/dicts in those. None when there is no Ray Data in sight (datasets made in ``setup()`` are not:
-    rank 0 checks those when it splits them)."""
-    found: list[float] = []
-
-    def visit(obj: Any, depth: int) -> None:
-        if isinstance(obj, RayDataLoader):
-            found.append(obj.data_cpus)
-        elif is_ray_dataset(obj):
-            found.append(1.0)
-        elif depth >= 3:
-            return
-        elif isinstance(obj, dict):
-            for v in list(obj.values()):
-                visit(v, depth + 1)
-        elif isinstance(obj, (list, tuple)):
-            for v in obj:
-                visit(v, depth + 1)
-        elif depth == 0 and isinstance(getattr(obj, "__dict__", None), dict):
-            for k, v in list(vars(obj).items()):
-                if k not in ("_parameters", "_buffers", "_modules", "trainer", "_trainer"):
-                    visit(v, depth + 1)
-
-    for root in roots:
-        if root is not None:
-            visit(root, 0)
-    return max(found) if found else None
-
-
-def worker_cpus(total_cpus: float, num_workers: int, data_cpus: float) -> float:
-    """CPUs per training worker that leave ``data_cpus`` of ``total_cpus`` free: 1 when there is room, else the
-    share of what is left (raises when nothing is)."""
-    if total_cpus - num_workers >= data_cpus:
-        return 1.0
-    share = (total_cpus - data_cpus) / num_workers
-    if share < 0.01:
-        raise MisconfigurationException(
-            f"Ray Data needs {data_cpus:g} free CPU(s) beyond the {num_workers} training workers, but the Ray "
-            f"cluster has only {total_cpus:g} CPUs. Use fewer devices, a bigger cluster, or RayDataLoader(..., "
-            f"data_cpus=0) if your Ray Data tasks ask for no CPU."
-        )
-    return math.floor(share * 100) / 100  # never above the exact share: the workers' sum must fit
-
-
-def check_scaling(scaling: Any, total_cpus: float, data_cpus: float) -> None:
-    """Driver-side: a ScalingConfig whose workers leave Ray Data less than ``data_cpus`` CPUs cannot work."""
-    per_worker = float((scaling.resources_per_worker or {}).get("CPU", 1.0))
-    n = scaling.num_workers if isinstance(scaling.num_workers, int) else scaling.num_workers[0]
-    if total_cpus - n * per_worker + 1e-9 >= data_cpus:
-        return
-    raise MisconfigurationException(
-        f"This run reads Ray Data, which needs {data_cpus:g} free CPU(s) beyond the training workers, but {n} "
-        f"workers x {per_worker:g} CPU = {n * per_worker:g} of the cluster's {total_cpus:g} CPUs leave "
-        f"{max(total_cpus - n * per_worker, 0):g}: the first read would wait forever. Give the workers fewer "
-        f"CPUs (ScalingConfig(resources_per_worker={{'CPU': {max((total_cpus - data_cpus) / n, 0):.2g}}})), use "
-        f"fewer workers or a bigger cluster."
     )

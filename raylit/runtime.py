@@ -6,10 +6,20 @@ torch.distributed process group (set up by Ray Train on each worker). Nothing he
 """
 
 from contextlib import nullcontext
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+
+@runtime_checkable
+class Shardable(Protocol):
+    """A loader that splits itself over the ranks (``raylit.data.RayDataLoader``). A distributed runtime calls
+    ``shard`` on every rank at the same point instead of injecting a sampler, and iterates what it returns."""
+
+    def shard(self, runtime: "Runtime", stage: str, shuffle: bool | None = None) -> Any:
+        """This rank's part, for ``stage`` ("train", "val", "test" or "predict"); ``shuffle=None`` keeps the
+        loader's own setting. A collective: every rank calls it."""
 
 
 class Runtime:

@@ -397,7 +397,7 @@ class Trainer:
             config=self.config, fn=fn, module=model, datamodule=datamodule, callbacks=self.callbacks,
             loggers=self.loggers, data=data or {}, ckpt_path=ckpt_path if ckpt_path is not None else self.ckpt_path,
             model_given=model_given, state=previous.state if previous else None,
-            eval_log_steps=previous.eval_log_steps if previous else None,
+            eval_log_steps=previous.eval_log_steps if previous else None, trainer_cls=type(self),
             **{k: v for k, v in options.items() if v is not None or k == "weights_only"})
 
     def _launch_ray(self, spec: RunSpec) -> Any:

@@ -231,7 +231,7 @@ def ray_cluster():
             address=address,
             logging_level="WARNING",
             _node_ip_address="127.0.0.1",
-            runtime_env={"worker_process_setup_hook": "raylit.launch.ray.quiet_ray_workers"},
+            runtime_env={"worker_process_setup_hook": "raylit.launch.session.quiet_ray_workers"},
         )
         cluster.wait_for_nodes()
         yield cluster

@@ -209,7 +209,7 @@ def _check_runtime(rank: int) -> None:
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
-    from raylit.fsdp import FSDPRuntime
+    from raylit.distributed.fsdp import FSDPRuntime
 
     data = _Rows(16)
     x, y = data.x, data.y
@@ -347,7 +347,7 @@ def test_fsdp_on_one_device_runs_unsharded_in_process() -> None:
 
 
 def test_fsdp_is_accepted_by_the_ray_launch_plan() -> None:
-    from raylit.launch.ray import plan
+    from raylit.launch.resources import plan
 
     assert plan(_trainer(devices=2, strategy="fsdp")).num_workers == 2
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from raylit import LightningModule, Trainer
 from raylit.callbacks import Callback, ModelCheckpoint
 from raylit.launch import ray as ray_launch
+from raylit.launch import resources, session
 from raylit.loggers import CSVLogger
 from raylit.utilities.exceptions import MisconfigurationException
 
@@ -210,30 +211,30 @@ def _assert_close_params(a: nn.Module, b: nn.Module, atol: float = 1e-5) -> None
 # driver side, no Ray start
 # --------------------------------------------------------------------------------------------------------------
 def test_plan_maps_lightning_flags_to_scaling_config() -> None:
-    p = ray_launch.plan(_trainer(devices=2))
-    sc = ray_launch.scaling_config(_trainer(devices=2), p, cluster_gpus=0)
+    p = resources.plan(_trainer(devices=2))
+    sc = resources.scaling_config(_trainer(devices=2), p, cluster_gpus=0)
     assert (sc.num_workers, sc.use_gpu, sc.placement_strategy) == (2, False, "PACK")
     assert sc.resources_per_worker == {"CPU": 1.0}
 
     t = _trainer(devices=1, num_nodes=2)
-    sc = ray_launch.scaling_config(t, ray_launch.plan(t), cluster_gpus=0)
+    sc = resources.scaling_config(t, resources.plan(t), cluster_gpus=0)
     assert (sc.num_workers, sc.placement_strategy) == (2, "STRICT_SPREAD")  # one worker per node
 
     t = _trainer(devices=2, num_nodes=2)
-    sc = ray_launch.scaling_config(t, ray_launch.plan(t), cluster_gpus=0)
+    sc = resources.scaling_config(t, resources.plan(t), cluster_gpus=0)
     assert (sc.num_workers, sc.placement_strategy) == (4, "SPREAD")
 
     t = Trainer(accelerator="gpu", devices=2)
-    p = ray_launch.plan(t)
-    sc = ray_launch.scaling_config(t, p, cluster_gpus=0)
+    p = resources.plan(t)
+    sc = resources.scaling_config(t, p, cluster_gpus=0)
     assert sc.use_gpu and sc.resources_per_worker == {"CPU": 1.0, "GPU": 1}
 
     t = Trainer(accelerator="auto", devices=2)  # "auto" follows the cluster, not this machine
-    assert ray_launch.scaling_config(t, ray_launch.plan(t), cluster_gpus=8).use_gpu
-    assert not ray_launch.scaling_config(t, ray_launch.plan(t), cluster_gpus=0).use_gpu
+    assert resources.scaling_config(t, resources.plan(t), cluster_gpus=8).use_gpu
+    assert not resources.scaling_config(t, resources.plan(t), cluster_gpus=0).use_gpu
 
     t = _trainer(devices=2, strategy="ddp_find_unused_parameters_true")
-    assert ray_launch.plan(t).find_unused_parameters
+    assert resources.plan(t).find_unused_parameters
 
 
 def test_user_ray_configs_win() -> None:
@@ -241,9 +242,9 @@ def test_user_ray_configs_win() -> None:
 
     sc, rc = ScalingConfig(num_workers=3, resources_per_worker={"CPU": 0.5}), RunConfig(name="mine")
     t = _trainer(devices=2, scaling_config=sc, run_config=rc)
-    p = ray_launch.plan(t)
+    p = resources.plan(t)
     assert p.explicit_scaling and p.num_workers == 3
-    assert ray_launch.scaling_config(t, p, cluster_gpus=4) is sc
+    assert resources.scaling_config(t, p, cluster_gpus=4) is sc
     assert ray_launch.run_config(t, "fit") is rc
     derived = ray_launch.run_config(_trainer(devices=2), "fit")
     assert derived.name.startswith("raylit-fit-")
@@ -254,11 +255,11 @@ def test_impossible_requests_fail_on_the_driver() -> None:
     # a strategy the launcher cannot run ("fsdp" runs: tests/test_fsdp.py)
     t.config = dataclasses.replace(t.config, strategy="deepspeed")
     with pytest.raises(MisconfigurationException, match="not supported on Ray"):
-        ray_launch.plan(t)
+        resources.plan(t)
     t = _trainer(devices=2)
     t.config = dataclasses.replace(t.config, devices=0, num_workers=0)  # devices=0 as the launcher would see it
     with pytest.raises(MisconfigurationException, match="no worker"):
-        ray_launch.plan(t)
+        resources.plan(t)
     with pytest.raises(MisconfigurationException):
         Trainer(devices=0)  # the Trainer itself refuses it too
 
@@ -284,19 +285,19 @@ def test_connect_policy(monkeypatch) -> None:
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(ray_launch, "_started_here", False)
-    assert ray_launch.connect(4, 0) is True
+    monkeypatch.setattr(session, "_started_here", False)
+    assert session.connect(4, 0) is True
     assert calls[-1]["address"] == "local"  # never a bare init: that would join a `ray start` cluster
     assert calls[-1]["num_cpus"] >= 4 and calls[-1]["include_dashboard"] is False
-    assert calls[-1]["runtime_env"] == {"worker_process_setup_hook": "raylit.launch.ray.quiet_ray_workers"}
+    assert calls[-1]["runtime_env"] == {"worker_process_setup_hook": "raylit.launch.session.quiet_ray_workers"}
 
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # asked explicitly, or set by a Ray job
-    assert ray_launch.connect(2, 0) is False
+    assert session.connect(2, 0) is False
     assert calls[-1]["address"] == "10.0.0.1:6379" and "num_cpus" not in calls[-1]
 
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # already connected: use it as is
     n = len(calls)
-    assert ray_launch.connect(2, 0) is False and len(calls) == n
+    assert session.connect(2, 0) is False and len(calls) == n
 
 
 def test_import_raylit_does_not_import_ray() -> None:

@@ -25,7 +25,8 @@ from torch import nn
 from raylit import LightningDataModule, LightningModule, Trainer
 from raylit.callbacks import Callback
 from raylit.data import RayDataLoader, as_train_loader
-from raylit.ray_data import cpu_problem, worker_cpus
+from raylit.launch.ray_data import cpu_problem
+from raylit.launch.resources import worker_cpus
 from raylit.utilities.exceptions import MisconfigurationException
 
 FEATURES = 3

@@ -50,42 +50,35 @@ per worker stays, so the global batch changes with the number of workers, and a 
 size is not exact (data shards and RNG streams belong to the old size). Fixed-size runs wait for the
 resources to come back (e.g. a replacement node).
 
-This module never imports Ray at import time (``raylit.launch.ray`` imports it lazily, and the worker half
-runs without Ray in tests).
+Where the pieces are: this module is the driver and controller side (the ``RunConfig``, the resume directory,
+which failures are retried, quieter logs); raylit/launch/restore.py restores on every worker (points 3 and 5);
+raylit/loggers/continuity.py keeps the loggers continuous (point 6). None of them imports Ray at import time
+(the worker half runs without Ray in tests).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
-import json
+import functools
 import logging
 import os
 import sys
-import warnings
 from typing import Any
 
 from raylit import fs
-from raylit.callbacks.base import Callback
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FAILURES = 3
-LOGGERS_FILE = "loggers.json"
 
 
 # --------------------------------------------------------------------------------------------------------------
 # driver side
 # --------------------------------------------------------------------------------------------------------------
-_warned_off = False
-
-
 def driver_plan(trainer: Any, fn: str, run_config: Any) -> tuple[Any, dict | None]:
     """The RunConfig to run with (restarts, the user-error callback) and, for ``fit``, what the workers need
     to restore by themselves (``{"resume_dir", "run_name"}``)."""
-    global _warned_off
     from ray.train import FailureConfig
 
     user_config = trainer.config.run_config is not None
@@ -98,14 +91,18 @@ def driver_plan(trainer: Any, fn: str, run_config: Any) -> tuple[Any, dict | Non
         )
     if fn != "fit":
         return run_config, None
-    if max_failures == 0 and not _warned_off:
-        _warned_off = True
-        log.warning(
-            "raylit: no automatic restarts for this run: its RunConfig has failure_config.max_failures=0 (Ray's "
-            "value when a RunConfig has no failure_config). Pass RunConfig(failure_config=ray.train.FailureConfig("
-            f"max_failures={DEFAULT_MAX_FAILURES})) to restore and continue after a lost worker or node."
-        )
+    if max_failures == 0:
+        _warn_restarts_off()
     return run_config, {"resume_dir": resume_dir(trainer, run_config), "run_name": run_config.name}
+
+
+@functools.cache  # once per process
+def _warn_restarts_off() -> None:
+    log.warning(
+        "raylit: no automatic restarts for this run: its RunConfig has failure_config.max_failures=0 (Ray's "
+        "value when a RunConfig has no failure_config). Pass RunConfig(failure_config=ray.train.FailureConfig("
+        f"max_failures={DEFAULT_MAX_FAILURES})) to restore and continue after a lost worker or node."
+    )
 
 
 def resume_dir(trainer: Any, run_config: Any) -> str:
@@ -177,40 +174,38 @@ def is_lost_worker(error: BaseException) -> bool:
     return False
 
 
-_callback_cls: type | None = None
-
-
+@functools.cache  # one class per process: isinstance checks and pickling by reference need the same one
 def _user_error_callback_class() -> type:
     """A Ray Train ``UserCallback`` (it runs in the controller) that turns a failure made only of user-code
     exceptions into a controller error, which Ray's failure policy does not retry. Built lazily: importing
     this module must not import Ray."""
-    global _callback_cls
-    if _callback_cls is None:
-        from ray.train import UserCallback
+    from ray.train import UserCallback
 
-        class StopOnUserCodeError(UserCallback):
-            def __setstate__(self, state: dict) -> None:  # unpickled in the controller process
-                self.__dict__.update(state)
-                _quiet_controller_logs()
+    class StopOnUserCodeError(UserCallback):
+        def __setstate__(self, state: dict) -> None:  # unpickled in the controller process
+            self.__dict__.update(state)
+            _quiet_controller_logs()
 
-            def __init__(self, max_failures: int = DEFAULT_MAX_FAILURES) -> None:
-                self.max_failures, self.failures = max_failures, 0
+        def __init__(self, max_failures: int = DEFAULT_MAX_FAILURES) -> None:
+            self.max_failures, self.failures = max_failures, 0
 
-            def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
-                if not worker_exceptions:
-                    return
-                if not any(is_lost_worker(e) for e in worker_exceptions.values()):
-                    raise UserCodeFailed(dict(worker_exceptions))
-                self.failures += 1
-                limit = "unlimited" if self.max_failures == -1 else str(self.max_failures)
-                if self.max_failures == -1 or self.failures <= self.max_failures:
-                    dead = [r for r, e in sorted(worker_exceptions.items()) if type(e).__module__.startswith("ray")]
-                    what = f"worker rank(s) {dead} lost" if dead else f"rank(s) {sorted(worker_exceptions)} lost a peer"
-                    print(f"raylit: {what}; restarting the worker group (restart {self.failures} of {limit}); every "
-                          "worker restores the newest resume checkpoint", file=sys.stderr)
+        def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
+            if not worker_exceptions:
+                return
+            if not any(is_lost_worker(e) for e in worker_exceptions.values()):
+                raise UserCodeFailed(dict(worker_exceptions))
+            self.failures += 1
+            limit = "unlimited" if self.max_failures == -1 else str(self.max_failures)
+            if self.max_failures == -1 or self.failures <= self.max_failures:
+                dead = [r for r, e in sorted(worker_exceptions.items()) if type(e).__module__.startswith("ray")]
+                what = f"worker rank(s) {dead} lost" if dead else f"rank(s) {sorted(worker_exceptions)} lost a peer"
+                print(
+                    f"raylit: {what}; restarting the worker group (restart {self.failures} of {limit}); every "
+                    "worker restores the newest resume checkpoint",
+                    file=sys.stderr,
+                )
 
-        _callback_cls = StopOnUserCodeError
-    return _callback_cls
+    return StopOnUserCodeError
 
 
 class _ControllerLogFilter(logging.Filter):
@@ -247,260 +242,8 @@ class _WorkerLogFilter(logging.Filter):
         return True
 
 
-def _quiet_worker_logs() -> None:
+def quiet_worker_logs() -> None:
+    """Installed on every worker of a run that restarts (raylit/launch/restore.py)."""
     logger = logging.getLogger("ray.train.v2._internal.util")
     if not any(isinstance(f, _WorkerLogFilter) for f in logger.filters):
         logger.addFilter(_WorkerLogFilter())
-
-
-# --------------------------------------------------------------------------------------------------------------
-# worker side (no Ray needed: ``runtime`` provides the collectives)
-# --------------------------------------------------------------------------------------------------------------
-def prepare_worker(spec: Any, trainer: Any, runtime: Any) -> None:
-    """Called on every worker before its ``Run`` is built: installs the resume checkpoint and the logger
-    continuity callback, pins the loggers' versions, and sets the spec's ``ckpt_path`` to the newest
-    loadable resume checkpoint of this run, if there is one (it wins over the user's ``ckpt_path``: it is
-    newer progress of the same run)."""
-    plan = spec.fault
-    if not plan or spec.fn != "fit":
-        return
-    _quiet_worker_logs()
-    from raylit.resume import ResumeCheckpoint, latest_resume_checkpoint
-
-    resume_cb = next((cb for cb in trainer.callbacks if isinstance(cb, ResumeCheckpoint)), None)
-    if resume_cb is None:
-        resume_cb = ResumeCheckpoint()
-        trainer.callbacks.append(resume_cb)
-    resume_cb.dirpath = resume_cb.dirpath or plan["resume_dir"]
-    directory = str(resume_cb.dirpath)
-    continuity = LoggerContinuity()
-    trainer.callbacks.append(continuity)
-
-    path = None
-    if runtime.is_global_zero:
-        _remove_partial_files(directory)
-        path = latest_resume_checkpoint(directory, weights_only=spec.weights_only)
-    path = runtime.broadcast(path)
-    _pin_logger_versions(trainer, runtime, directory)
-    if path is None:
-        return
-    readable = runtime.all_gather_object(fs.exists(path))
-    if not all(readable):
-        missing = [rank for rank, ok in enumerate(readable) if not ok]
-        raise RuntimeError(
-            f"raylit cannot restore {path} on rank(s) {missing}: the resume directory must be storage every "
-            "worker can read. Set Trainer(run_config=ray.train.RunConfig(storage_path=<shared folder or "
-            "s3://...>, name=...)) or ResumeCheckpoint(dirpath=<shared folder>)."
-        )
-    if runtime.is_global_zero:
-        continuity.snapshot_csv(trainer)
-        print(f"raylit: restoring {path}", file=sys.stderr, flush=True)
-    spec.ckpt_path = path
-
-
-def _remove_partial_files(directory: str) -> None:
-    """Temporary files of a writer that was killed half-way (``fs.write_bytes_atomic``); never "latest"."""
-    if fs.is_remote(directory) or not os.path.isdir(directory):
-        return
-    for name in os.listdir(directory):
-        if name.startswith(".tmp-") and name.endswith(".part"):
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(directory, name))
-
-
-def _versioned(trainer: Any) -> list[tuple[int, Any]]:
-    """Loggers whose folder is ``version_N`` chosen at run time (CSVLogger, TensorBoardLogger)."""
-    return [(i, lg) for i, lg in enumerate(trainer.loggers) if hasattr(lg, "_version") and hasattr(lg, "root_dir")]
-
-
-def _pin_logger_versions(trainer: Any, runtime: Any, directory: str) -> None:
-    """Every attempt of a run logs into the version folder the first attempt chose (rank 0 decides; every
-    rank gets the same value, so ``log_dir``-derived paths agree)."""
-    versioned = _versioned(trainer)
-    if not versioned:
-        return
-    versions = None
-    if runtime.is_global_zero:
-        path = fs.join(directory, LOGGERS_FILE)
-        recorded = json.loads(fs.read_bytes(path)) if fs.exists(path) else {}
-        versions = {}
-        for i, lg in versioned:
-            key = str(i)
-            if lg._version is None and key in recorded:
-                lg._version = recorded[key]
-            versions[key] = lg.version  # decides it now when it is still open
-        again = bool(recorded)
-        if versions != recorded:
-            fs.makedirs(directory)
-            fs.write_bytes_atomic(json.dumps(versions).encode(), path)
-        versions = (versions, again)
-    from raylit.loggers.tensorboard import TensorBoardLogger
-
-    versions, again = runtime.broadcast(versions)
-    for i, lg in versioned:
-        lg._version = versions[str(i)]
-        if again and isinstance(lg, TensorBoardLogger) and lg._experiment is None:
-            # a later attempt: hide the lost attempts' events (from step 0 when the run starts over; a restore
-            # moves this to the checkpoint's step)
-            lg._kwargs["purge_step"] = 0
-
-
-def _csv_rows(path: str) -> list[list[str]]:
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.reader(f))
-
-
-class LoggerContinuity(Callback):
-    """Keeps the loggers of a restored run exactly as an uninterrupted run leaves them.
-
-    At every checkpoint it records, on rank 0, how many rows each CSVLogger has written and (when the checkpoint
-    is written inside a batch, before that batch's step row is sent) the step row itself; and, from every rank,
-    the running sums behind the epoch's ``on_epoch`` values. On a restore it cuts the CSV files back to that
-    length, re-logs the step row, points TensorBoard's ``purge_step`` at the checkpoint's step, puts each rank's
-    sums back, and carries the step counters of evaluation rows on.
-    """
-
-    def __init__(self) -> None:
-        self._trainer: Any = None
-        self._csv_snapshot: dict[str, list[list[str]]] = {}
-
-    @property
-    def state_key(self) -> str:
-        return "raylit.LoggerContinuity"
-
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._trainer = trainer
-
-    def snapshot_csv(self, trainer: Any) -> None:
-        """Read the lost attempt's metrics.csv files now: creating a CSV writer deletes an existing file."""
-        from raylit.loggers.csv_logs import CSVLogger
-
-        for i, lg in enumerate(trainer.loggers):
-            if isinstance(lg, CSVLogger):
-                self._csv_snapshot[str(i)] = _csv_rows(os.path.join(lg.log_dir, "metrics.csv"))
-
-    # --- save -------------------------------------------------------------------------------------------------
-    # Its state lives under the checkpoint's ``raylit`` key (with raylit's other resume data), not under
-    # ``callbacks``: a checkpoint written in a Ray run then holds exactly the callback states Lightning's would.
-    def _rank_zero_state(self) -> dict[str, Any]:
-        trainer = self._trainer
-        if trainer is None or not trainer.is_global_zero:
-            return {}
-        from raylit.loggers.csv_logs import CSVLogger
-
-        st = trainer._run.state
-        state: dict[str, Any] = {
-            "step": int(st.batches_that_stepped),
-            "eval_log_steps": [[str(k[0]), str(k[1]), k[2], v] for k, v in trainer._run.eval_log_steps.items()],
-            "csv_rows": {},
-            "pending_row": None,
-        }
-        for i, lg in enumerate(trainer.loggers):
-            if isinstance(lg, CSVLogger) and lg._experiment is not None:
-                lg.save()
-                state["csv_rows"][str(i)] = max(0, len(_csv_rows(lg.experiment.metrics_file_path)) - 1)
-        pending = st.batch_pending
-        metrics = trainer._run.metrics
-        # inside on_train_batch_end: the batch's step row is sent after the hooks, and a resumed run does not
-        # recompute it (the batch is trained), so the checkpoint carries it
-        if trainer.loggers and pending is not None and metrics.in_batch and metrics.store is not None:
-            accumulate = pending[2]
-            if not accumulate and (trainer._run.loop.should_log_step() or trainer.fast_dev_run):
-                state["pending_row"] = _logger_row(trainer, metrics.store.views(True)[1])
-        return state
-
-    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        # Every rank runs this at the same point of a save, so the per-rank sums behind this epoch's `on_epoch`
-        # values (a mean over the epoch so far) can be gathered: a mid-epoch restore continues them, and the
-        # epoch row then holds the same value as in an uninterrupted run.
-        mine = _epoch_accumulators(trainer._run.train_store)
-        everyone = trainer._runtime.all_gather_object(mine)
-        state = {**self._rank_zero_state(), "train_epoch_per_rank": everyone}
-        checkpoint.setdefault("raylit", {})[self.state_key] = state
-
-    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        self._restore((checkpoint.get("raylit") or {}).get(self.state_key) or {})
-
-    # --- restore ----------------------------------------------------------------------------------------------
-    def _restore(self, state: dict[str, Any]) -> None:
-        trainer = self._trainer
-        if trainer is None or not state:
-            return
-        for fn, stage, idx, count in state.get("eval_log_steps", []):
-            trainer._run.eval_log_steps[(fn, stage, idx)] = count
-        per_rank = state.get("train_epoch_per_rank")
-        if per_rank and len(per_rank) == trainer.world_size:
-            _restore_epoch_accumulators(trainer._run.train_store, per_rank[trainer.global_rank], trainer._runtime.device)
-        if not trainer.is_global_zero:
-            return
-        from raylit.loggers.csv_logs import CSVLogger
-        from raylit.loggers.tensorboard import TensorBoardLogger
-
-        step = int(state.get("step", 0))
-        for i, lg in enumerate(trainer.loggers):
-            key = str(i)
-            if isinstance(lg, CSVLogger) and key in self._csv_snapshot:
-                self._restore_csv(lg, self._csv_snapshot[key], int(state.get("csv_rows", {}).get(key, 0)))
-            elif isinstance(lg, TensorBoardLogger) and lg._experiment is None:
-                lg._kwargs["purge_step"] = step
-        self._csv_snapshot = {}
-        pending = state.get("pending_row")
-        if pending is not None:
-            scalars, row_step = pending
-            for lg in trainer.loggers:
-                lg.log_metrics(metrics=dict(scalars), step=row_step)
-                lg.save()
-
-    @staticmethod
-    def _restore_csv(lg: Any, rows: list[list[str]], n: int) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "logs directory exists and is not empty": we continue it on purpose
-            writer = lg.experiment  # creating it deletes metrics.csv; the kept rows are written back below
-        if not rows or n == 0:
-            return
-        header, kept = rows[0], rows[1 : n + 1]
-        buf = io.StringIO()
-        out = csv.writer(buf)
-        out.writerow(header)
-        out.writerows(kept)
-        # the same text csv.DictWriter wrote (excel dialect, "\r\n"), so the writer can append to it
-        with open(writer.metrics_file_path, "w", newline="") as f:
-            f.write(buf.getvalue())
-        writer.metrics_keys = list(header)
-
-
-def _epoch_accumulators(store: Any) -> list[tuple]:
-    """(fx, name, dataloader_idx, meta, total, weight) of every value accumulated for an epoch aggregate.
-    torchmetrics objects keep their own state and are not included."""
-    out = []
-    for (fx, name, dl_idx), e in store.entries.items():
-        if e.active and e.on_epoch and e.metric is None and e.total is not None:
-            weight = e.weight.detach().cpu() if hasattr(e.weight, "detach") else e.weight
-            out.append((str(fx), name, dl_idx, tuple(e.meta), e.total.detach().cpu(), weight))
-    return out
-
-
-def _restore_epoch_accumulators(store: Any, saved: list, device: Any) -> None:
-    from raylit.metrics import _Entry
-
-    for fx, name, dl_idx, meta, total, weight in saved:
-        entry = _Entry(name, dl_idx, tuple(meta))
-        entry.total = total.to(device)
-        entry.weight = weight.to(device) if hasattr(weight, "to") else weight
-        entry.active = True
-        store.entries[(fx, name, dl_idx)] = entry
-    store.version += 1
-
-
-def _logger_row(trainer: Any, log: dict) -> tuple[dict, int] | None:
-    """What ``MetricsConnector.send_to_loggers`` would send for ``log`` now: (scalars, step)."""
-    if not log:
-        return None
-    scalars = {k: (v.item() if hasattr(v, "numel") and v.numel() == 1 else v) for k, v in log.items()}
-    step_metric = scalars.pop("step", None)
-    if step_metric is not None:
-        return scalars, int(step_metric)
-    scalars.setdefault("epoch", trainer.current_epoch)
-    return scalars, int(trainer._logger_step)

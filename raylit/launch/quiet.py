@@ -20,7 +20,7 @@ these records: from that logger, "Failed to send/cancel resource request", cause
 failure of the request (the coordinator actor died, an unexpected error) still shows.
 
 The filter has to be installed in the process that runs the controller, i.e. in Ray's
-``worker_process_setup_hook`` (raylit's ``raylit.launch.ray.quiet_ray_workers``), and in the driver for the case
+``worker_process_setup_hook`` (raylit's ``raylit.launch.session.quiet_ray_workers``), and in the driver for the case
 where Ray Train runs the controller in the calling process. This module imports neither Ray nor anything heavy.
 """
 

@@ -35,6 +35,7 @@ class RunSpec:
     seed_workers: str | None = field(default_factory=lambda: os.environ.get("PL_SEED_WORKERS"))
     cwd: str = field(default_factory=os.getcwd)
     fault: dict | None = None                 # Ray fault-tolerance plan, set by the launcher
+    trainer_cls: type | None = None           # the user's Trainer class: workers build their Trainer view with it
 
 
 def pack(spec: RunSpec) -> bytes:

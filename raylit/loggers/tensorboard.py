@@ -105,6 +105,13 @@ class TensorBoardLogger(_VersionedLogger):
             self._experiment = SummaryWriter(log_dir=self.log_dir, **self._kwargs)
         return self._experiment
 
+    def purge_from_step(self, step: int) -> None:
+        """Hide the events at or after ``step`` that ``log_dir`` already holds (tensorboardX's ``purge_step``):
+        for a run that continues an interrupted one in the same folder. Takes effect when the writer opens; does
+        nothing once it is open."""
+        if self._experiment is None:
+            self._kwargs["purge_step"] = step
+
     # ------------------------------------------------------------------ logging
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:

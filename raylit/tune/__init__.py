@@ -55,7 +55,7 @@ Conventions:
 """
 
 from raylit.tune._report import CHECKPOINT_NAME, TuneReportCallback
-from raylit.tune._trial import TRAINER_PREFIX, TuneConfigError
+from raylit.tune._spec import TRAINER_PREFIX, TuneConfigError
 from raylit.tune._tuner import Tuner
 
 __all__ = ["CHECKPOINT_NAME", "TRAINER_PREFIX", "TuneConfigError", "TuneReportCallback", "Tuner", "checkpoint_file"]

@@ -24,14 +24,19 @@ import os
 import shutil
 import sys
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from raylit.tune._report import CHECKPOINT_NAME, TuneReportCallback, local_checkpoint_copy
-from raylit.utilities.exceptions import MisconfigurationException
+from raylit.tune._spec import (
+    TRAINER_PREFIX,
+    TRIAL_META,
+    FirstReportCheck,
+    TrialSpec,  # also at this path: raylit_tuner.pkl files saved before it moved to _spec pickle it here
+    _jsonable,
+    trial_trainer,
+    tune_report,
+)
 
-TRAINER_PREFIX = "trainer."
-TRIAL_META = "raylit_trial.json"  # written next to checkpoint.ckpt: the config (and trial) that produced it
 RESTORE_LOG = "raylit_restores.jsonl"  # in the trial dir: one line per restore from a Tune checkpoint
 # Trainer arguments a trial cannot change: they decide resources, where files go, or hold live objects
 NOT_SEARCHABLE = (
@@ -47,12 +52,6 @@ NOT_SEARCHABLE = (
     "plugins",
     "profiler",
 )
-# filled in by Tune itself; never "missing" from what the module logs
-TUNE_AUTOFILLED = ("training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "epoch", "step")
-
-
-class TuneConfigError(MisconfigurationException):
-    """The sweep is set up wrong (a metric the module never logs, a config key nothing reads, ...)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -175,22 +174,6 @@ def fit_arguments(built: Any) -> tuple[Any, dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------------------
 # the trial
 # --------------------------------------------------------------------------------------------------------------
-@dataclass
-class TrialSpec:
-    """Everything a trial needs; pickled once with the trainable (and saved next to the experiment so that
-    ``Tuner.restore(path)`` can rebuild the trainable)."""
-
-    build: Callable[[dict[str, Any]], Any]
-    trainer: Any  # the sweep's raylit.Trainer; every trial clones it
-    checkpoint_frequency: int = 1
-    metrics: tuple[str, ...] = ()  # what the schedulers / search algorithm read
-    check_unused_keys: bool = True
-    seed: str | None = None
-    seed_workers: str | None = None
-    teardown_timeout_s: float = 120.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 # Trials whose thread is still running in this process; the trainable's cleanup waits for them so that a
 # stopped trial's teardown (loggers, teardown hooks) finishes before Tune ends the actor.
 _RUNNING: list[threading.Event] = []
@@ -230,7 +213,7 @@ def _run(spec: TrialSpec, config: dict[str, Any]) -> None:
     check = FirstReportCheck(spec.metrics, tracked if spec.check_unused_keys else None)
     if not escaped:
         check.check_unused()
-    multi_worker = _is_multi_worker(spec.trainer, overrides)
+    multi_worker = spec.trainer.config.uses_ray
     if multi_worker and escaped:
         check.tracked = None  # reads happen on the workers' copies; we cannot see them
 
@@ -293,10 +276,6 @@ def _fetch_checkpoint(
     return tmp, dst, changed
 
 
-def _jsonable(config: dict[str, Any]) -> Any:
-    return json.loads(json.dumps(config, sort_keys=True, default=repr))
-
-
 def trial_directory() -> str:
     """Where the trial's logs go: the trial's directory in the sweep's storage when that is a local path
     (files land there directly), else the trial's working directory (synced with ``SyncConfig``)."""
@@ -314,72 +293,6 @@ def trial_directory() -> str:
     return os.getcwd()
 
 
-def trial_trainer(trainer: Any, overrides: dict[str, Any], trial_dir: str, callback: Any, **more: Any) -> Any:
-    """The sweep's Trainer for one trial: its constructor arguments, the trial's overrides, the trial dir, and
-    the report callback. Console output that would interleave across trials is off unless asked for; the
-    default ModelCheckpoint gives way to Tune's checkpoints unless the user configured checkpointing."""
-    from raylit.callbacks.checkpoint import Checkpoint
-
-    init = trainer.config.kwargs
-    user_callbacks = init.get("callbacks")
-    if user_callbacks is None:
-        user_callbacks = []
-    elif not isinstance(user_callbacks, (list, tuple)):
-        user_callbacks = [user_callbacks]
-    user_callbacks = copy.deepcopy(list(user_callbacks))  # trials sharing an actor must not share state
-    kw: dict[str, Any] = {"callbacks": [*user_callbacks, callback], "default_root_dir": trial_dir}
-    if init.get("logger") not in (None, True, False):
-        kw["logger"] = copy.deepcopy(init["logger"])
-    for flag in ("enable_progress_bar", "enable_model_summary"):
-        if init.get(flag) is None:
-            kw[flag] = False
-    if init.get("enable_checkpointing") is None and not any(isinstance(cb, Checkpoint) for cb in user_callbacks):
-        kw["enable_checkpointing"] = False
-    return trainer._clone(**{**kw, **overrides, **more})
-
-
-def _is_multi_worker(trainer: Any, overrides: dict[str, Any]) -> bool:
-    return trainer.config.uses_ray
-
-
-# --------------------------------------------------------------------------------------------------------------
-# checks at the first report
-# --------------------------------------------------------------------------------------------------------------
-class FirstReportCheck:
-    def __init__(self, metrics: tuple[str, ...], tracked: TrackedConfig | None) -> None:
-        self.metrics, self.tracked = metrics, tracked
-        self.done = False
-
-    def check_unused(self) -> None:
-        if self.tracked is None:
-            return
-        tracked, self.tracked = self.tracked, None
-        unused = tracked.unused()
-        if unused:
-            read = sorted(str(k) for k in dict.keys(tracked) if k in tracked.read)
-            raise TuneConfigError(
-                f"param_space key(s) {unused} are never read by the build function or the module, so searching "
-                f"them changes nothing (keys read: {read}). Use them in build(config), remove them from "
-                f"param_space, or, for Trainer arguments, prefix them with {TRAINER_PREFIX!r} "
-                "(e.g. 'trainer.precision')."
-            )
-
-    def __call__(self, metrics: dict[str, float]) -> None:
-        if self.done:
-            return
-        self.done = True
-        missing = [m for m in self.metrics if m not in metrics and m not in TUNE_AUTOFILLED]
-        if missing:
-            logged = sorted(k for k in metrics if k not in ("epoch", "step"))
-            raise TuneConfigError(
-                f"Tune is set to act on the metric {missing[0]!r}, but the module never logged it (checked at the "
-                f"first report, after the first validation). Logged metrics: {logged}. Log it with "
-                f"`self.log({missing[0]!r}, value)` (e.g. in validation_step), or set TuneConfig(metric=...) to one "
-                "of the logged names."
-            )
-        self.check_unused()
-
-
 # --------------------------------------------------------------------------------------------------------------
 # single worker: the run happens in this thread
 # --------------------------------------------------------------------------------------------------------------
@@ -389,24 +302,3 @@ class InProcessSink:
 
     def report(self, trainer: Any, metrics: dict[str, float], ckpt_file: str | None) -> bool:
         return tune_report(self.check, self.config, metrics, ckpt_file)
-
-
-def tune_report(
-    check: FirstReportCheck, config: dict[str, Any], metrics: dict[str, float], ckpt_file: str | None
-) -> bool:
-    """``ray.tune.report`` with a checkpoint dir holding ``checkpoint.ckpt`` and the config that made it;
-    False when Tune ended the trial (it raises SystemExit(0) in the reporting thread for that)."""
-    from ray import tune
-
-    check(metrics)
-    checkpoint = None
-    if ckpt_file is not None:
-        d = os.path.dirname(ckpt_file)
-        with open(os.path.join(d, TRIAL_META), "w") as f:
-            json.dump({"config": _jsonable(config), "trial_id": tune.get_context().get_trial_id()}, f)
-        checkpoint = tune.Checkpoint.from_directory(d)
-    try:
-        tune.report(metrics, checkpoint=checkpoint)
-    except SystemExit:
-        return False
-    return True

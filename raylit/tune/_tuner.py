@@ -16,16 +16,9 @@ from typing import Any, Callable
 from ray.tune import Callback as TuneCallback
 from ray.tune.stopper import Stopper
 
-from raylit.tune._trial import (
-    NOT_SEARCHABLE,
-    TRAINER_PREFIX,
-    TrialSpec,
-    TuneConfigError,
-    run_trial,
-    wait_for_running_trials,
-)
-
-SPEC_FILE = "raylit_tuner.pkl"  # next to Tune's experiment state: what Tuner.restore(path) needs
+from raylit.launch.session import connect
+from raylit.tune._spec import SPEC_FILE, TRAINER_PREFIX, TrialSpec, TuneConfigError, load_spec, save_spec
+from raylit.tune._trial import NOT_SEARCHABLE, run_trial, split_config, wait_for_running_trials
 
 
 class Tuner:
@@ -147,7 +140,7 @@ class Tuner:
     def _make_tuner(self) -> Any:
         from ray import tune
 
-        connect_ray()
+        connect(0, 0)  # reuse a connected Ray; else RAY_ADDRESS; else a private local instance
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         tune_config = self.tune_config
         resources = self._resources or default_resources(self.spec.trainer)
@@ -197,12 +190,20 @@ class Tuner:
             spec.build = build
         if trainer is not None:
             spec.trainer = trainer
-        connect_ray()
-        self = cls.__new__(cls)
-        self.spec, self._watch, self._pbt, self._resources = spec, _ErrorWatch(), None, None
-        self.param_space, self.tune_config, self.run_config = param_space or {}, None, None
-        self._multi_worker = spec.trainer.config.uses_ray
-        self._tuner = tune.Tuner.restore(
+        # Tune restores its TuneConfig and RunConfig from the experiment; the RunConfig here only names it
+        experiment = str(path).rstrip("/") if "://" in str(path) else os.path.abspath(os.path.expanduser(path))
+        name, storage = os.path.basename(experiment), os.path.dirname(experiment)
+        restored = cls(
+            spec.build,
+            trainer=spec.trainer,
+            param_space=param_space,
+            run_config=tune.RunConfig(name=name, storage_path=storage),
+            checkpoint_frequency=spec.checkpoint_frequency,
+            check_unused_keys=spec.check_unused_keys,
+        )
+        restored.spec = spec  # the sweep's own settings (metrics, seed, ...) as saved when it started
+        connect(0, 0)
+        restored._tuner = tune.Tuner.restore(
             path,
             make_trainable(spec, default_resources(spec.trainer)),
             resume_unfinished=resume_unfinished,
@@ -211,7 +212,7 @@ class Tuner:
             param_space=param_space,
             storage_filesystem=storage_filesystem,
         )
-        return self
+        return restored
 
     @staticmethod
     def can_restore(path: str, storage_filesystem: Any = None) -> bool:
@@ -227,7 +228,6 @@ def check_trainer_keys(trainer: Any, param_space: dict[str, Any]) -> None:
     """``trainer.<arg>`` keys must name Trainer arguments a trial may change; try each searched value by
     building a Trainer with it, so that a bad value fails here rather than in every trial."""
     from raylit.trainer import Trainer
-    from raylit.tune._trial import split_config
 
     _, overrides = split_config(param_space)
     params = [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
@@ -289,30 +289,6 @@ def _metric_names(tune_config: Any) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------------------------
 # Ray, resources, the trainable
 # --------------------------------------------------------------------------------------------------------------
-def connect_ray() -> None:
-    """Reuse a connected Ray; else connect the way raylit's launcher does (RAY_ADDRESS, or a private local
-    instance: a bare ray.init() could silently join another cluster started on this host)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        from raylit.launch.ray import connect
-    except ImportError:
-        connect = None
-    if connect is not None:
-        try:
-            connect(0, 0)
-            return
-        except TypeError:
-            pass
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
-
-
 def default_resources(trainer: Any) -> dict[str, float]:
     if trainer.config.uses_ray:
         # The trial actor only drives; the Ray Train workers reserve their own resources (in their own placement
@@ -372,55 +348,6 @@ def make_trainable(spec: TrialSpec, resources: dict[str, float]) -> Any:
 
     RaylitTrial.__name__ = RaylitTrial.__qualname__ = "raylit_trial"
     return tune.with_resources(RaylitTrial, {k.lower() if k in ("CPU", "GPU") else k: v for k, v in resources.items()})
-
-
-def save_spec(experiment_path: str, spec: TrialSpec, filesystem: Any = None) -> None:
-    from ray import cloudpickle
-
-    try:
-        data = cloudpickle.dumps(spec)
-    except Exception as err:
-        culprit = "build function" if _unpicklable(spec.build) else "Trainer" if _unpicklable(spec.trainer) else "sweep"
-        raise TypeError(
-            f"raylit sends the {culprit} to every trial by pickling it, and pickling failed: {err}. Create "
-            "unpicklable objects (open files, locks, clients) inside build(config) or the module's setup()."
-        ) from err
-    fs, path = _fs(experiment_path, filesystem)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{SPEC_FILE}") as f:
-        f.write(data)
-
-
-def _unpicklable(obj: Any) -> bool:
-    from ray import cloudpickle
-
-    try:
-        cloudpickle.dumps(obj)
-        return False
-    except Exception:  # noqa: BLE001
-        return True
-
-
-def load_spec(experiment_path: str, filesystem: Any = None) -> TrialSpec | None:
-    from ray import cloudpickle
-
-    fs, path = _fs(experiment_path, filesystem)
-    from pyarrow.fs import FileType
-
-    if fs.get_file_info(f"{path}/{SPEC_FILE}").type != FileType.File:
-        return None
-    with fs.open_input_stream(f"{path}/{SPEC_FILE}") as f:
-        return cloudpickle.loads(f.read())
-
-
-def _fs(path: str, filesystem: Any) -> tuple[Any, str]:
-    from pyarrow import fs as pafs
-
-    if filesystem is not None:
-        return filesystem, path
-    if "://" in str(path):
-        return pafs.FileSystem.from_uri(str(path))
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
 # --------------------------------------------------------------------------------------------------------------

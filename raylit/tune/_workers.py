@@ -18,7 +18,7 @@ import threading
 from typing import Any
 
 from raylit.tune._report import CHECKPOINT_NAME, TuneReportCallback
-from raylit.tune._trial import FirstReportCheck, TrialSpec, trial_trainer, tune_report
+from raylit.tune._spec import FirstReportCheck, TrialSpec, trial_trainer, tune_report
 
 
 class _Bridge:
@@ -88,13 +88,6 @@ def fit_multi_worker(
     import ray
     import ray.train
     from ray import tune
-
-    try:
-        from raylit.launch import ray as _launcher  # noqa: F401
-    except ImportError as err:  # pragma: no cover - the launcher ships with raylit
-        raise NotImplementedError(
-            "Multi-worker Tune trials need raylit's Ray launcher (raylit.launch.ray), which could not be imported"
-        ) from err
 
     bridge = ray.remote(num_cpus=0, max_concurrency=4)(_Bridge).remote()
     callback = TuneReportCallback(WorkerSink(bridge), spec.checkpoint_frequency, refresh_hparams=refresh)

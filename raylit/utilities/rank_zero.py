@@ -1,11 +1,14 @@
-"""Rank-zero helpers. The rank comes from the environment variables that torch.distributed, Ray Train and
-SLURM set, so they work before and after the Trainer exists."""
+"""Rank-zero helpers. The rank comes from torch.distributed once a process group exists, else from the
+environment variables that torch.distributed, Ray Train and SLURM set, so they work before and after the
+Trainer exists."""
 
 import functools
 import logging
 import os
 import warnings
 from typing import Any, Callable, TypeVar
+
+import torch.distributed as dist
 
 log = logging.getLogger("raylit")
 T = TypeVar("T")
@@ -18,19 +21,39 @@ def _rank_from_env() -> int:
     return 0
 
 
-def rank_zero_only(fn: Callable[..., T]) -> Callable[..., T | None]:
-    """Decorate ``fn`` so that it runs on global rank 0 only (other ranks return None)."""
+class _RankZeroOnly:
+    """``@rank_zero_only``: the decorated function runs on global rank 0 only (other ranks return None).
 
-    @functools.wraps(fn)
-    def wrapped(*args: Any, **kwargs: Any) -> T | None:
-        if rank_zero_only.rank == 0:
-            return fn(*args, **kwargs)
-        return None
+    ``rank_zero_only.rank`` is the global rank, read when asked: torch.distributed's once a process group exists
+    (a Ray worker's, whenever raylit was imported there), else the environment's. Setting it (Lightning's API)
+    pins it."""
 
-    return wrapped
+    def __init__(self) -> None:
+        self._pinned: int | None = None
+
+    @property
+    def rank(self) -> int:
+        if self._pinned is not None:
+            return self._pinned
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+        return _rank_from_env()
+
+    @rank.setter
+    def rank(self, value: int | None) -> None:
+        self._pinned = value
+
+    def __call__(self, fn: Callable[..., T]) -> Callable[..., T | None]:
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any) -> T | None:
+            if rank_zero_only.rank == 0:
+                return fn(*args, **kwargs)
+            return None
+
+        return wrapped
 
 
-rank_zero_only.rank = _rank_from_env()  # type: ignore[attr-defined]
+rank_zero_only = _RankZeroOnly()
 
 
 @rank_zero_only

@@ -51,7 +51,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from raylit.distributed import _DDP_STEPS, DistributedRuntime, _redirected_forward
+from raylit.distributed.runtime import _DDP_STEPS, DistributedRuntime, _redirected_forward
+from raylit.distributed.sync_bn import convert_batchnorm
 
 WrapPolicy = Callable[[nn.Module], bool] | Iterable[type] | None
 
@@ -88,7 +89,7 @@ class FSDPRuntime(DistributedRuntime):
     # --- model ----------------------------------------------------------------------------------------------
     def wrap_model(self, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
         if self.sync_batchnorm:
-            self._convert_batchnorm(module)
+            self._converted_bn += convert_batchnorm(module, self.device)
         if not any(p.requires_grad for p in module.parameters()):
             return module
         mesh = init_device_mesh(self.device.type, (self.world_size,))
@@ -99,8 +100,12 @@ class FSDPRuntime(DistributedRuntime):
         # Bottom-up (children before parents), as fully_shard requires; a unit never includes a parameter
         # that a unit below it already manages.
         for child, parent in reversed(list(_modules_with_parents(module))):
-            if child is not module and not isinstance(child, FSDPModule) and wants(child, parent) \
-                    and any(True for _ in child.parameters()):
+            if (
+                child is not module
+                and not isinstance(child, FSDPModule)
+                and wants(child, parent)
+                and any(True for _ in child.parameters())
+            ):
                 fully_shard(child, **kwargs)
         if not isinstance(module, FSDPModule):
             fully_shard(module, **kwargs)
@@ -232,8 +237,10 @@ def _unshard_in_place(root: nn.Module) -> None:
                 handle.remove()
         group = state._fsdp_param_group
         if group is not None:
-            for handles in (group._module_to_pre_save_state_dict_hook_handle,
-                            group._module_to_pre_load_state_dict_hook_handle):
+            for handles in (
+                group._module_to_pre_save_state_dict_hook_handle,
+                group._module_to_pre_load_state_dict_hook_handle,
+            ):
                 for handle in handles.values():
                     handle.remove()
             for fsdp_param in group.fsdp_params:
@@ -254,8 +261,14 @@ def _full_tensor(param: DTensor) -> torch.Tensor:
     local = param.to_local()
     mesh = param.device_mesh
     if local.device.type != mesh.device_type:
-        param = DTensor.from_local(local.to(mesh.device_type), mesh, param.placements, run_check=False,
-                                   shape=param.shape, stride=param.stride())
+        param = DTensor.from_local(
+            local.to(mesh.device_type),
+            mesh,
+            param.placements,
+            run_check=False,
+            shape=param.shape,
+            stride=param.stride(),
+        )
     return param.full_tensor().detach().to(local.device).clone()
 
 

@@ -1,0 +1,117 @@
+"""The connection to Ray: which cluster a raylit process uses, and keeping Ray's chatter off the console.
+
+``connect`` order: an existing connection (the user's ``ray.init``, an earlier raylit call, or code already
+running inside a Ray task) -> ``RAY_ADDRESS`` (also set inside a submitted Ray job) -> a new private local
+instance (``address="local"``: a bare ``ray.init()`` would silently join whatever cluster ``ray start`` last
+recorded on this host).
+
+Used by the launcher, by Ray Data loaders read in-process, and by Tune. Imports nothing from raylit but the
+dependency-free ``quiet.py`` (Ray workers import this module by name as their ``worker_process_setup_hook``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+from raylit.launch.quiet import quiet_autoscaling_request_timeouts
+
+# Loggers of Ray internals whose INFO/WARNING chatter would reach the user's console through log forwarding
+# (e.g. the placement-group cleaner, which polls the State API once a second and warns when there is no
+# dashboard). Errors still get through.
+_NOISY_RAY_LOGGERS = (
+    "ray.train",
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner",
+    "ray.tune",
+    "ray.data",
+)
+SETUP_HOOK = "raylit.launch.session.quiet_ray_workers"
+
+
+def quiet_ray_workers() -> None:
+    """``worker_process_setup_hook`` that keeps Ray's internal log chatter out of the driver's console.
+
+    raylit installs it on the Ray instances it starts or joins. If you call ``ray.init`` yourself, pass
+    ``runtime_env={"worker_process_setup_hook": "raylit.launch.session.quiet_ray_workers"}`` to get the same."""
+    for name in _NOISY_RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # the controller's advisory resource request times out on a busy machine and logs a traceback (see quiet.py)
+    quiet_autoscaling_request_timeouts()
+    # On a loaded machine the controller's shutdown logs a full traceback when the cleaner actor does not stop
+    # within its timeout ("Failed to stop PlacementGroupCleaner gracefully"); the run itself is unaffected.
+    logging.getLogger("ray.train.v2._internal.callbacks.placement_group_callback").setLevel(logging.CRITICAL)
+    # Ray's State API finds "the" cluster by scanning the host; with several Ray instances on one machine it
+    # raises "Found multiple active Ray instances" (the placement-group cleaner's thread dies printing a
+    # traceback). Pointing it at the instance this worker belongs to avoids the scan.
+    with contextlib.suppress(Exception):
+        import ray
+
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
+_started_here = False  # whether this process started the Ray instance it is connected to
+
+
+def started_here() -> bool:
+    """Whether this process runs a private local Ray instance that it started itself."""
+    return _started_here
+
+
+def connect(num_cpus_needed: float, num_gpus_needed: int) -> bool:
+    """Make sure this process is connected to Ray; return True when it runs a private local instance.
+
+    A private instance too small for ``num_cpus_needed`` / ``num_gpus_needed`` is restarted bigger; a cluster
+    someone else started is used as it is.
+    """
+    quiet_autoscaling_request_timeouts()  # Ray Train may run its controller in this process
+    global _started_here
+    import ray
+
+    if ray.is_initialized():
+        if not _started_here:
+            return False
+        resources = ray.cluster_resources()
+        if resources.get("CPU", 0) >= num_cpus_needed and resources.get("GPU", 0) >= num_gpus_needed:
+            return True
+        ray.shutdown()  # our own instance is too small for this call: restart it bigger
+    runtime_env: dict[str, Any] | None = {"worker_process_setup_hook": SETUP_HOOK}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ and "worker_process_setup_hook" in os.environ.get(
+        "RAY_JOB_CONFIG_JSON_ENV_VAR", ""
+    ):
+        runtime_env = None  # the job already has a setup hook; Ray refuses two
+    address = os.environ.get("RAY_ADDRESS")
+    with _quiet_auth_notice():
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+            _started_here = False
+        else:
+            ray.init(
+                address="local",
+                num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)),
+                num_gpus=_local_gpu_count(),
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                runtime_env=runtime_env,
+            )
+            _started_here = True
+    return _started_here
+
+
+@contextlib.contextmanager
+def _quiet_auth_notice():
+    # ray.init logs a WARNING that token auth is on for a new local cluster; it is Ray's default, not news.
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    old = auth_log.level
+    auth_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        auth_log.setLevel(old)
+
+
+def _local_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
