@@ -10,6 +10,8 @@ import math
 import os
 from typing import Any
 
+from torch.utils.data import DataLoader
+
 from raylit.data import as_eval_list, as_train_loader, limit_batches, without_shuffle
 from raylit.datamodule import LightningDataModule
 from raylit.module import LightningModule
@@ -18,6 +20,8 @@ from raylit.utilities.clock import SharedDeadline
 from raylit.utilities.combined_loader import CombinedLoader
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.model_helpers import overrides
+from raylit.utilities.rank_zero import rank_zero_warn
+from raylit.utilities.warnings import PossibleUserWarning
 
 _HOOKS = {"train": "train_dataloader", "validate": "val_dataloader", "test": "test_dataloader",
           "predict": "predict_dataloader"}
@@ -66,6 +70,8 @@ class Loaders:
             from raylit.utilities.seed import add_worker_init_fn
 
             add_worker_init_fn(loader, run.runtime.global_rank)
+        for leaf in loader.flattened if isinstance(loader, CombinedLoader) else [loader]:
+            _warn_about_workers(leaf, f"{stage}_dataloader", len(config.device_ids))
         overfit = config.overfit_batches > 0 and stage in ("train", "val")
         if overfit:
             loader = loader.map(without_shuffle) if isinstance(loader, CombinedLoader) else without_shuffle(loader)
@@ -88,6 +94,11 @@ class Loaders:
         self.train = self._prepare(as_train_loader(self._request("train")), "train")
         self.last_train_load_epoch = self.run.state.current_epoch
         n = self.num_training_batches = limit_batches(self.train, config.limit_train_batches, "train")
+        if self.run.trainer.loggers and n < config.log_every_n_steps and not config.fast_dev_run:
+            rank_zero_warn(f"The number of training batches ({n}) is smaller than the logging interval "
+                           f"Trainer(log_every_n_steps={config.log_every_n_steps}). Set a lower value for "
+                           "log_every_n_steps if you want to see logs for the training epoch.",
+                           category=PossibleUserWarning)
         interval = config.val_check_interval
         if config.val_check_seconds is not None:
             # time-based: validation when the interval has passed since the training data was loaded or since
@@ -166,3 +177,16 @@ class Loaders:
             return config.max_steps
         total = math.ceil(n / config.accumulate_grad_batches) * max(config.max_epochs, 1)
         return min(total, config.max_steps) if config.max_steps != -1 else total
+
+
+def _warn_about_workers(loader: Any, name: str, processes_per_machine: int) -> None:
+    """Lightning's hint that a DataLoader without worker processes may starve the loop, when the machine has
+    cores to spare (one left for the training process)."""
+    if not isinstance(loader, DataLoader):
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    upper_bound = max(1, cpus // max(processes_per_machine, 1) - 1)
+    if loader.num_workers < 2 and upper_bound > 1:
+        rank_zero_warn(f"The '{name}' does not have many workers which may be a bottleneck. Consider increasing the "
+                       f"value of the `num_workers` argument` to `num_workers={upper_bound}` in the `DataLoader` to "
+                       "improve performance.", category=PossibleUserWarning)

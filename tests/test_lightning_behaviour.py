@@ -442,3 +442,25 @@ def test_combined_loader_iterates_like_lightnings(pl):
     combined = H.submodule(pl, "utilities").CombinedLoader([H.loader(4), H.loader(6)], "sequential")
     assert [(i, d) for _, i, d in combined] == [(0, 0), (1, 0), (0, 1), (1, 1), (2, 1)]
     assert len(combined) == 5  # (Lightning knows the length once iterated)
+
+
+def test_few_batches_for_the_logging_interval_and_few_loader_workers_are_hinted(pl, tmp_path, monkeypatch):
+    """Lightning's two data hints (PossibleUserWarning): fewer training batches than ``log_every_n_steps``, and a
+    DataLoader without worker processes on a machine with cores to spare (here: pretend 8 cores)."""
+    if pl.__name__ == "raylit":
+        import os
+
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    else:
+        import lightning_fabric.utilities.data as fabric_data
+
+        monkeypatch.setattr(fabric_data, "_num_cpus_available", lambda: 8)
+    category = H.submodule(pl, "utilities.warnings").PossibleUserWarning
+    trainer = pl.Trainer(default_root_dir=tmp_path, **{**QUIET, "logger": True}, max_epochs=1,
+                         log_every_n_steps=50, limit_val_batches=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(_model_cls(pl)())
+    texts = [str(w.message) for w in caught if issubclass(w.category, category)]
+    assert any("The number of training batches (2) is smaller than the logging interval" in t for t in texts)
+    assert any("The 'train_dataloader' does not have many workers" in t and "num_workers=7" in t for t in texts)
