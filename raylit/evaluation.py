@@ -20,7 +20,7 @@ def run_evaluation(loop: Any, fn: str, sanity: bool = False) -> list[dict[str, f
     if not loop._default:
         loop._cache_decisions()
     name = "validation" if fn == "validate" else "test"
-    dls = loaders.load_eval(fn) if fn == "test" or loaders.val is None or loaders.should_reload_val() \
+    dls = loaders.load_eval(fn, sanity) if fn == "test" or loaders.val is None or loaders.should_reload_val() \
         else loaders.val
     limits = [min(run.config.num_sanity_val_steps, n) for n in loaders.eval_limits(fn)] if sanity \
         else loaders.eval_limits(fn)

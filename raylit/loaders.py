@@ -39,7 +39,7 @@ class Loaders:
         self.val_check_batch: int | float | None = math.inf
         self.val_deadline: SharedDeadline | None = None
         self.last_train_load_epoch = 0
-        self.last_val_load_epoch = 0
+        self.last_val_load_epoch: float = -math.inf  # the epoch of the last validation-loader load in fit
         self._val_enabled: bool | None = None
         if previous is not None and run.fn != "fit":
             # as in Lightning, a later validate/test/predict keeps what fit knew about the training data
@@ -131,7 +131,12 @@ class Loaders:
         return bool(n) and self.run.status.fn == TrainerFn.FITTING and \
             self.run.state.current_epoch - self.last_val_load_epoch >= n
 
-    def load_eval(self, fn: str) -> list:
+    def is_val_epoch(self) -> bool:
+        """Whether the current epoch of a fit validates (``check_val_every_n_epoch``)."""
+        every = self.run.config.check_val_every_n_epoch
+        return self.validation_enabled() and (every is None or (self.run.state.current_epoch + 1) % every == 0)
+
+    def load_eval(self, fn: str, sanity: bool = False) -> list:
         if fn != "fit" and not self.defined(fn):
             if fn == "validate" and self.run.status.fn == TrainerFn.FITTING:
                 return []
@@ -142,7 +147,10 @@ class Loaders:
         loaders = [self._prepare(dl, stage) for dl in as_eval_list(self._request(fn))]
         if fn == "validate":
             self.val = loaders
-            self.last_val_load_epoch = self.run.state.current_epoch
+            # reload_dataloaders_every_n_epochs counts from this load, unless it was the sanity check's in an
+            # epoch that does not validate (Lightning's rule)
+            if self.run.status.fn == TrainerFn.FITTING and (not sanity or self.is_val_epoch()):
+                self.last_val_load_epoch = self.run.state.current_epoch
         elif fn == "test":
             self.test = loaders
         else:

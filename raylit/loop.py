@@ -144,7 +144,7 @@ class Loop:
         if self.should_sanity_check():
             self.run_sanity_check()
         loaders.load_train()
-        if self.validation_enabled() and loaders.val is None:
+        if loaders.is_val_epoch() and loaders.val is None:  # for the progress bar's totals, as in Lightning
             loaders.load_eval("validate")
         if self._fit_done():
             return

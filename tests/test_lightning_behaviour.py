@@ -464,3 +464,41 @@ def test_few_batches_for_the_logging_interval_and_few_loader_workers_are_hinted(
     texts = [str(w.message) for w in caught if issubclass(w.category, category)]
     assert any("The number of training batches (2) is smaller than the logging interval" in t for t in texts)
     assert any("The 'train_dataloader' does not have many workers" in t and "num_workers=7" in t for t in texts)
+
+
+def _reload_calls(pl, tmp_path, sanity, every, reload):
+    calls = {"train": [], "val": [], "sanity": [], "step": []}
+
+    class Model(_model_cls(pl)):
+        def train_dataloader(self):
+            calls["train"].append(self.current_epoch)
+            return super().train_dataloader()
+
+        def val_dataloader(self):
+            calls["sanity" if self.trainer.sanity_checking else "val"].append(self.current_epoch)
+            return H.loader(4)
+
+        def validation_step(self, batch, batch_idx):
+            if not self.trainer.sanity_checking:
+                calls["step"].append(self.current_epoch)
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, limit_train_batches=1, limit_val_batches=1,
+                         check_val_every_n_epoch=every, reload_dataloaders_every_n_epochs=reload, max_epochs=10,
+                         num_sanity_val_steps=sanity)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Model())
+    return calls
+
+
+@pytest.mark.parametrize(("sanity", "every", "reload"), [(0, 1, 1), (1, 1, 1), (1, 3, 4), (0, 2, 1), (1, 5, 2)])
+def test_validation_loader_reloads_match_lightning(tmp_path, sanity, every, reload):
+    """``reload_dataloaders_every_n_epochs`` with infrequent validation: the epochs in which train_dataloader and
+    val_dataloader are called (in the sanity check and after) and validation runs are Lightning's."""
+    results = {}
+    for name in H.FRAMEWORKS:
+        pl = H.import_framework(name)
+        H.quiet_logging()
+        results[name] = _reload_calls(pl, tmp_path / name, sanity, every, reload)
+    reference, ours = (results[name] for name in H.FRAMEWORKS)
+    assert ours == reference
