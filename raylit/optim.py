@@ -58,12 +58,23 @@ def _scheduler_config(item: Any, monitor: str | None, automatic: bool) -> LRSche
         raise MisconfigurationException(
             "`configure_optimizers` must include a monitor when a `ReduceLROnPlateau` scheduler is used. For "
             'example: {"optimizer": optimizer, "lr_scheduler": scheduler, "monitor": "metric_to_track"}')
-    if not automatic and (config.reduce_on_plateau or config.monitor is not None):
+    if not automatic:
+        ignored = [k for k in item if k in ("reduce_on_plateau", "monitor", "strict")] if isinstance(item, dict) else []
+        if ignored:
+            warnings.warn(f"The lr scheduler dict contains the key(s) {ignored}, but the keys will be ignored. You "
+                          "need to call `lr_scheduler.step()` manually in manual optimization.", RuntimeWarning,
+                          stacklevel=4)
         config.monitor = None  # in manual optimization the user steps schedulers
     if not hasattr(config.scheduler, "state_dict") or not hasattr(config.scheduler, "load_state_dict"):
-        raise TypeError(f"The provided lr scheduler `{type(config.scheduler).__name__}` is invalid: it needs "
-                        "`state_dict` and `load_state_dict` methods")
+        raise MisconfigurationException(
+            f"The provided lr scheduler `{type(config.scheduler).__name__}` is invalid. It should have `state_dict` "
+            "and `load_state_dict` methods defined.")
     return config
+
+
+def is_torch_scheduler(scheduler: Any) -> bool:
+    """A torch LR scheduler (``LRScheduler`` or ``ReduceLROnPlateau``), which the loop knows how to step."""
+    return isinstance(scheduler, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau))
 
 
 def normalize_configure_optimizers(out: Any, automatic: bool) -> tuple[list[Any], list[LRSchedulerConfig]]:

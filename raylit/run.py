@@ -7,6 +7,7 @@ optimizers and the loaders, and runs Lightning's sequence: setup → the stage (
 The ``Trainer`` object users and callbacks hold is a view: its properties read the current run.
 """
 
+import inspect
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from raylit.loaders import Loaders
 from raylit.loop import Loop
 from raylit.metrics import MetricsConnector, ResultStore
 from raylit.module import LightningModule
-from raylit.optim import LightningOptimizer, normalize_configure_optimizers
+from raylit.optim import LightningOptimizer, is_torch_scheduler, normalize_configure_optimizers
 from raylit.precision import Precision
 from raylit.profilers import PassThroughProfiler
 from raylit.profilers._hooks import ProfiledHookDispatcher
@@ -186,8 +187,20 @@ class Run:
                     f"Support for `{removed}` has been removed in v2.0.0. `{type(module).__name__}` implements this "
                     f"method. You can use the `{hook}` hook instead. To access outputs, save them in-memory as "
                     "instance attributes.")
+        if "optimizer_idx" in inspect.signature(module.training_step).parameters:
+            raise RuntimeError(
+                "Training with multiple optimizers is only supported with manual optimization. Remove the "
+                "`optimizer_idx` argument from `training_step`, set `self.automatic_optimization = False` and access "
+                "your optimizers in `training_step` with `opt1, opt2, ... = self.optimizers()`.")
         out = self.hooks.module_hook("configure_optimizers")
         self.optimizers, self.lr_scheduler_configs = normalize_configure_optimizers(out, module.automatic_optimization)
+        custom_step = overrides(module, "lr_scheduler_step", LightningModule)
+        for cfg in self.lr_scheduler_configs:
+            if module.automatic_optimization and not custom_step and not is_torch_scheduler(cfg.scheduler):
+                raise MisconfigurationException(
+                    f"The provided lr scheduler `{type(cfg.scheduler).__name__}` doesn't follow PyTorch's LRScheduler "
+                    "API. You should override the `LightningModule.lr_scheduler_step` hook with your own logic if you "
+                    "are using a custom LR scheduler.")
         if not self.optimizers:
             # like Lightning: the loop still runs (and counts steps) with an optimizer that does nothing
             self.optimizers = [_MockOptimizer()]

@@ -502,3 +502,60 @@ def test_validation_loader_reloads_match_lightning(tmp_path, sanity, every, relo
         results[name] = _reload_calls(pl, tmp_path / name, sanity, every, reload)
     reference, ours = (results[name] for name in H.FRAMEWORKS)
     assert ours == reference
+
+
+@pytest.mark.parametrize("case", ["optimizer_idx", "custom_scheduler_automatic", "custom_scheduler_manual",
+                                  "plateau_monitor_manual"])
+def test_optimizer_configuration_checks(pl, tmp_path, case):
+    """Lightning's checks of what configure_optimizers returns: ``optimizer_idx`` in ``training_step`` is refused;
+    a scheduler that is not a torch LRScheduler needs ``lr_scheduler_step`` in automatic optimization but is
+    fine in manual optimization; a ``monitor`` key is ignored, with a warning, in manual optimization."""
+    exc = H.submodule(pl, "utilities.exceptions").MisconfigurationException
+
+    class Custom:  # a scheduler that is not a torch LRScheduler
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, _):
+            pass
+
+    class Model(_model_cls(pl)):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = case in ("optimizer_idx", "custom_scheduler_automatic")
+
+        def training_step(self, batch, batch_idx):
+            if self.automatic_optimization:
+                return super().training_step(batch, batch_idx)
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(self.layer(batch).sum())
+            opt.step()
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            if case == "plateau_monitor_manual":
+                plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+                return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "loss"}}
+            return [opt], [Custom(opt)]
+
+    class WithOptimizerIdx(Model):
+        def training_step(self, batch, batch_idx, optimizer_idx=0):
+            return super().training_step(batch, batch_idx)
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_epochs=1, limit_val_batches=0)
+    if case == "optimizer_idx":
+        with pytest.raises(RuntimeError, match="Remove the `optimizer_idx` argument from `training_step`"):
+            trainer.fit(WithOptimizerIdx())
+    elif case == "custom_scheduler_automatic":
+        with pytest.raises(exc, match="doesn't follow PyTorch's LRScheduler API"):
+            trainer.fit(Model())
+    elif case == "custom_scheduler_manual":
+        trainer.fit(Model())
+        assert trainer.global_step == 2
+    else:
+        with pytest.warns(RuntimeWarning, match=r"contains the key\(s\) \['monitor'\], but the keys will be ignored"):
+            trainer.fit(Model())
