@@ -81,6 +81,7 @@ class _Entry:
         "metric",
         "computed",
         "active",
+        "origin",
     )
 
     def __init__(self, name: str, dl_idx: int | None, meta: tuple) -> None:
@@ -94,6 +95,7 @@ class _Entry:
         self.weight: Any = 0
         self.computed: Tensor | None = None
         self.active = False
+        self.origin: int | None = None  # the dataloader that logged it (also with add_dataloader_idx=False)
 
     def reset(self) -> None:
         self.step_value = self.total = self.computed = None
@@ -173,6 +175,7 @@ class ResultStore:
             )
         self.version += 1
         entry.active = True
+        entry.origin = self.dataloader_idx
         entry.computed = None
         if _is_metric(value):
             entry.metric = value
@@ -239,7 +242,8 @@ class ResultStore:
         log: dict[str, Tensor] = {}
         pbar: dict[str, float] = {}
         for e in self.entries.values():
-            if not e.active or e.dl_idx != self.dataloader_idx:
+            # a value belongs to the dataloader it names, or (add_dataloader_idx=False) to the one that logged it
+            if not e.active or (e.dl_idx if e.dl_idx is not None else e.origin) != self.dataloader_idx:
                 continue
             if on_step:
                 if not e.on_step:

@@ -559,3 +559,22 @@ def test_optimizer_configuration_checks(pl, tmp_path, case):
     else:
         with pytest.warns(RuntimeWarning, match=r"contains the key\(s\) \['monitor'\], but the keys will be ignored"):
             trainer.fit(Model())
+
+
+def test_results_of_several_test_loaders_keep_their_own_keys(pl, tmp_path):
+    """Keys logged with ``add_dataloader_idx=False`` belong to the dataloader that logged them."""
+
+    class Model(_model_cls(pl)):
+        def test_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log("common", 789.0)
+            self.log(f"no_idx_{dataloader_idx}", 321.0 * (dataloader_idx + 1), add_dataloader_idx=False)
+
+        def test_dataloader(self):
+            return [H.loader(4), H.loader(4)]
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, fast_dev_run=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = trainer.test(Model(), verbose=False)
+    assert results == [{"common/dataloader_idx_0": 789.0, "no_idx_0": 321.0},
+                       {"common/dataloader_idx_1": 789.0, "no_idx_1": 642.0}]
