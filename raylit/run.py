@@ -117,9 +117,11 @@ class Run:
                                "limit, set `max_epochs=-1`.", category=PossibleUserWarning)
         self._merge_model_callbacks()
         hooks = self.hooks
-        if runtime.local_rank == 0:
-            hooks.datamodule_hook("prepare_data")
-            hooks.module_hook("prepare_data")
+        # once per node, or once in all (prepare_data_per_node=False: e.g. a download to shared storage)
+        for obj, call in ((self.datamodule, hooks.datamodule_hook), (module, hooks.module_hook)):
+            if obj is not None and (runtime.local_rank if getattr(obj, "prepare_data_per_node", True)
+                                    else runtime.global_rank) == 0:
+                call("prepare_data")
         runtime.barrier("prepare_data")
         hooks.datamodule_hook("setup", stage=fn)  # by keyword, as Lightning calls them
         hooks.callbacks_hook("setup", stage=fn)

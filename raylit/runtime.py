@@ -97,3 +97,40 @@ class Runtime:
 
     def teardown(self) -> None:
         pass
+
+
+class StrategyView:
+    """``trainer.strategy``: the collectives callbacks use, over the current runtime."""
+
+    def __init__(self, trainer: Any) -> None:
+        self._trainer = trainer
+
+    @property
+    def name(self) -> str:
+        return self._trainer.config.strategy_name
+
+    @property
+    def world_size(self) -> int:
+        return self._trainer._runtime.world_size
+
+    def barrier(self, name: str | None = None) -> None:
+        self._trainer._runtime.barrier(name)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return self._trainer._runtime.broadcast(obj, src)
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return self._trainer._runtime.reduce_boolean_decision(decision, all)
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: str = "mean") -> torch.Tensor:
+        return self._trainer._runtime.reduce(tensor, reduce_op)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._trainer._runtime.all_gather(tensor)
+
+    @property
+    def root_device(self) -> torch.device:
+        return self._trainer._runtime.device
+
+    def __repr__(self) -> str:
+        return f"Strategy({self.name!r})"

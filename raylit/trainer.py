@@ -27,7 +27,7 @@ from raylit.loggers.base import Logger
 from raylit.module import LightningModule
 from raylit.precision import Precision
 from raylit.profilers import select_profiler
-from raylit.runtime import Runtime
+from raylit.runtime import Runtime, StrategyView
 from raylit.state import RunningStage, TrainerState, TrainerStatus
 from raylit.trainer_args import build_callbacks, build_loggers
 from raylit.utilities.combined_loader import CombinedLoader
@@ -46,43 +46,6 @@ class _Setting:
 
     def __set__(self, trainer: Any, value: Any) -> None:
         trainer.config = dataclasses.replace(trainer.config, **{self.name: value})
-
-
-class _StrategyView:
-    """``trainer.strategy``: the collectives callbacks use, over the current runtime."""
-
-    def __init__(self, trainer: "Trainer") -> None:
-        self._trainer = trainer
-
-    @property
-    def name(self) -> str:
-        return self._trainer.config.strategy_name
-
-    @property
-    def world_size(self) -> int:
-        return self._trainer._runtime.world_size
-
-    def barrier(self, name: str | None = None) -> None:
-        self._trainer._runtime.barrier(name)
-
-    def broadcast(self, obj: Any, src: int = 0) -> Any:
-        return self._trainer._runtime.broadcast(obj, src)
-
-    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
-        return self._trainer._runtime.reduce_boolean_decision(decision, all)
-
-    def reduce(self, tensor: torch.Tensor, reduce_op: str = "mean") -> torch.Tensor:
-        return self._trainer._runtime.reduce(tensor, reduce_op)
-
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self._trainer._runtime.all_gather(tensor)
-
-    @property
-    def root_device(self) -> torch.device:
-        return self._trainer._runtime.device
-
-    def __repr__(self) -> str:
-        return f"Strategy({self.name!r})"
 
 
 def _stage_flag(stage: RunningStage) -> property:
@@ -132,12 +95,13 @@ class Trainer:
         self.config = config
         self.callbacks = callbacks
         self.loggers = loggers
-        self.strategy = _StrategyView(self)
+        self.strategy = StrategyView(self)
         self.profiler = select_profiler(config.profiler)  # on a Ray worker: the driver's profiler, unpickled
         self.ckpt_path: str | None = None
         self._run: Any = None  # the current or last Run
         self._idle_runtime = Runtime(config.device)
         self._idle_state = TrainerState()
+        self._idle_datamodule: Any = None
         if config.deterministic:  # process-wide torch settings, applied wherever a Trainer is built
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=config.deterministic == "warn")
@@ -209,7 +173,13 @@ class Trainer:
 
     @property
     def datamodule(self) -> Any:
-        return self._run.datamodule if self._run is not None else None
+        return self._run.datamodule if self._run is not None else self._idle_datamodule
+
+    @datamodule.setter
+    def datamodule(self, datamodule: Any) -> None:
+        if self._run is not None:
+            self._run.datamodule = datamodule
+        self._idle_datamodule = datamodule
 
     @property
     def optimizers(self) -> list[Any]:

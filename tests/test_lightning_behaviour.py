@@ -578,3 +578,34 @@ def test_results_of_several_test_loaders_keep_their_own_keys(pl, tmp_path):
         results = trainer.test(Model(), verbose=False)
     assert results == [{"common/dataloader_idx_0": 789.0, "no_idx_0": 321.0},
                        {"common/dataloader_idx_1": 789.0, "no_idx_1": 642.0}]
+
+
+def test_prepare_data_per_node_false_prepares_once_in_all(tmp_path):
+    """``prepare_data_per_node=False``: prepare_data runs on global rank 0 only (one download to shared
+    storage); True: on every node's local rank 0. Checked on a two-node layout through the runtime's ranks."""
+    import raylit
+    from raylit.launch.spec import RunSpec
+    from raylit.run import Run
+    from raylit.runtime import Runtime
+
+    class NodeRuntime(Runtime):
+        def __init__(self, global_rank, local_rank):
+            super().__init__("cpu")
+            self.global_rank, self.local_rank = global_rank, local_rank
+
+    prepared = []
+
+    class Model(_model_cls(raylit)):
+        def prepare_data(self):
+            prepared.append(self.prepare_data_per_node)
+
+    for per_node in (True, False):
+        for global_rank, local_rank in ((0, 0), (1, 0), (1, 1)):  # rank 1 on node 1 is its node's local rank 0
+            model = Model()
+            model.prepare_data_per_node = per_node
+            trainer = raylit.Trainer(default_root_dir=tmp_path, **QUIET, limit_train_batches=1, limit_val_batches=0,
+                                     max_epochs=1)
+            spec = RunSpec(config=trainer.config, fn="validate", module=model, callbacks=trainer.callbacks,
+                           data={"validate": H.loader(2)})
+            Run(spec, NodeRuntime(global_rank, local_rank), trainer).execute()
+    assert prepared == [True, True, False]  # per node: ranks (0,0) and (1,0); once in all: rank 0 only
