@@ -88,8 +88,9 @@ def _register_tagger() -> None:
 class _Snapshot:
     """Copies a checkpoint dict; ``memo`` is shared by the snapshots of one job (same step)."""
 
-    def __init__(self, storages: dict) -> None:
+    def __init__(self, storages: dict, pool: dict | None = None) -> None:
         self.storages = storages  # (device, data_ptr, nbytes) -> (original storage, copy, version)
+        self.pool = pool if pool is not None else {}  # nbytes -> host storages of the previous job, to reuse
         self.ids: dict[int, Any] = {}  # id(original container) -> its copy, as pickle's memo sees identity
         self.deep: dict[int, Any] = {}  # copy.deepcopy memo for other objects
         self.devices: set[torch.device] = set()  # devices with copies in flight (non_blocking)
@@ -147,6 +148,11 @@ class _Snapshot:
 
     def _copy_storage(self, storage: Any, device: torch.device) -> Any:
         if device.type == "cpu":
+            # Reusing the previous snapshot's buffers saves the page faults of fresh allocations (most of the
+            # copy's time: ~4x on a 2-core VM for 100 MB).
+            free = self.pool.get(storage.nbytes())
+            if free:
+                return free.pop().copy_(storage)
             return storage.clone()
         if device.type == "cuda":
             host = torch.empty(storage.nbytes(), dtype=torch.uint8, pin_memory=True).untyped_storage()
@@ -178,10 +184,16 @@ class _Job:
     def done(self) -> bool:
         return all(f.done() for _, f in self.writes)
 
-    def release(self) -> None:
+    def release(self, pool: dict | None = None) -> None:
+        """Forget the snapshot; its CPU copies go to ``pool`` (when given) for the next job to reuse."""
         with _LOCATIONS_LOCK:
             for ptr in self.locations:
                 _LOCATIONS.pop(ptr, None)
+        if pool is not None:
+            pool.clear()  # at most one job's buffers are kept
+            for original, host, _ in self.storages.values():
+                if original.device.type == "cpu":
+                    pool.setdefault(host.nbytes(), []).append(host)
         self.storages.clear()
 
 
@@ -194,6 +206,7 @@ class AsyncCheckpointWriter:
         self._job: _Job | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._capturing_step: int | None = None
+        self._pool: dict[int, list] = {}  # the last written job's host buffers (see _Snapshot._copy_storage)
         self.submitted = 0  # writes handed to the background thread (tests check the async path is taken)
 
     # -- main thread -------------------------------------------------------------------------------------------
@@ -228,7 +241,7 @@ class AsyncCheckpointWriter:
         if self._job is None:
             self._job = _Job(step)
         job = self._job
-        snap = _Snapshot(job.storages)
+        snap = _Snapshot(job.storages, self._pool)
         data = snap.copy(obj)
         job.locations += snap.locations
         events = [torch.cuda.current_stream(d).record_event() for d in snap.devices]
@@ -282,12 +295,14 @@ class AsyncCheckpointWriter:
         try:
             self.wait()
         finally:
+            self._pool.clear()
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
 
     def _finish(self) -> None:
         job, self._job = self._job, None
+        failed = True
         try:
             for path, future in job.writes:
                 error = future.exception()
@@ -297,10 +312,11 @@ class AsyncCheckpointWriter:
                     if hasattr(error, "add_note"):
                         error.add_note(f"(raised by the background write of checkpoint {path} at step {job.step})")
                     raise error
+            failed = False
             for action in job.actions:
                 action()
         finally:
-            job.release()
+            job.release(None if failed else self._pool)
 
     # -- pickling: a callback travels to Ray workers; its writer's thread does not ----------------------------
     def __getstate__(self) -> dict[str, Any]:
