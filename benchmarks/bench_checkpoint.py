@@ -4,22 +4,26 @@ synchronous ``torch.save`` of the same checkpoint dict; local files and ``s3://`
     .venv/bin/python benchmarks/bench_checkpoint.py [--steps 60] [--every 10] [--hidden 2048] [--s3] [--only NAME]
 
 One process, CPU. The model is an MLP (1024 -> hidden -> hidden -> 1024, ~8.4 M parameters at hidden=2048) trained
-with Adam, so a checkpoint holds ~101 MB of tensors (weights + Adam's two moments). Every ``--every`` optimizer
-steps a checkpoint is written (``ModelCheckpoint(every_n_train_steps=...)``, keeping the newest; or raylit's
-``ResumeCheckpoint``). A callback placed first records the time at every ``on_train_batch_start``, so the
-interval between two starts is one whole training iteration, hooks and checkpointing included.
+with Adam, so a checkpoint holds ~101 MB of tensors (weights + Adam's two moments).
 
-- *blocking*: median over the checkpoints of the wall time spent in the checkpoint callback's
-  ``on_train_batch_end`` when it saved: the time training stood still for the checkpoint (measured inside the
-  hook, so the noise of the training step on a busy machine stays out of it).
-- *iteration - normal*: the same from the iteration clock: (the iteration that saved) - (median iteration
-  without a save); noisy when the machine is loaded.
-- *after*: the extra time of the ``every - 1`` iterations that follow a save, summed (the background thread
-  competes with training for the CPU cores; on a 2-core machine this is where an async write costs).
-- *plain save*: at every checkpoint step, just before the checkpoint callback runs, ``torch.save`` of the dict the
-  framework builds at that moment, to a local file (no fsync), or to memory then one upload for ``s3://`` (file
-  removed again). Blocking is divided by the plain save of the same step (both under the same machine load); the
-  median of those ratios is the result. Goal: <= 0.2.
+Two measurements:
+
+1. **Interleaved rounds** (the figure to compare; ``--rounds``): after a 3-step fit, inside ``on_train_end`` (the
+   Trainer is live), each round times (a) a plain ``torch.save`` of the checkpoint dict the framework builds, to a
+   local file (no fsync) or into memory and one upload for ``s3://``; (b) the framework's synchronous save
+   (``trainer.save_checkpoint``: raylit's is atomic with fsync); (c) its asynchronous save, blocking part only
+   (raylit: the callbacks' writer, i.e. host snapshot + hand-off; Lightning: ``AsyncCheckpointIO``), whose
+   background write is then waited for outside the timing. A round's three measurements share the machine's
+   load of that moment; the ratio to (a) is taken per round and its median reported. Goal: async <= 0.2.
+2. **In a fit** (``--steps``/``--every``; skipped with ``--no-fit``): the callbacks' own saves
+   (``ModelCheckpoint(every_n_train_steps=...)``, keeping the newest; raylit's ``ResumeCheckpoint``). *blocking*
+   is the wall (and process CPU) time spent in the checkpoint callback's ``on_train_batch_end`` at the steps
+   where it saves; *iteration - normal* is the same read off an iteration clock (a callback placed first records
+   every ``on_train_batch_start``): (the iteration that saved) - (median iteration without a save); *after* is the
+   extra time of the ``every - 1`` iterations that follow a save, summed (the background write competes with
+   training for the CPU; on a 2-core machine this is where an async write costs). No reference save runs
+   inside the fit: writing and deleting 100 MB right before a save was found to slow the save that follows by
+   ~3x (page-cache work), so ratios come from the rounds.
 
 Lightning variants: its ``ModelCheckpoint`` (synchronous) and the same with its ``AsyncCheckpointIO`` plugin
 (clones the tensors on the training thread, writes in a thread). Lightning on ``s3://`` needs ``s3fs`` and is
@@ -29,6 +33,7 @@ skipped when it is missing. Absolute numbers depend on the machine's load; the l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import socket
@@ -78,27 +83,13 @@ def module_class(pl) -> type:
 
 def clock_class(pl) -> type:
     class Clock(pl.Callback):
-        """Placed first: times every iteration and, at each checkpoint step (before the checkpoint callback,
-        which runs last), a plain ``torch.save`` of the checkpoint dict the framework builds at that moment, so
-        that every blocking time has a reference measured under the same machine load."""
+        """Placed first: the time at every ``on_train_batch_start`` (and at the end)."""
 
-        def __init__(self, every: int = 0, scratch: str = "") -> None:
+        def __init__(self) -> None:
             self.starts: list[float] = []
-            self.every, self.scratch = every, scratch
-            self.plain: list[float] = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.starts.append(time.perf_counter())
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if self.every and trainer.global_step % self.every == 0:
-                if hasattr(trainer, "_checkpoint_connector"):  # Lightning
-                    ckpt = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-                else:
-                    from raylit.checkpoint import dump_checkpoint
-
-                    ckpt = dump_checkpoint(trainer)
-                self.plain.append(plain_save(ckpt, self.scratch))
 
         def on_train_end(self, trainer, pl_module):
             self.starts.append(time.perf_counter())
@@ -110,10 +101,10 @@ def timed(cls: type, every: int, record: list[float]) -> type:
     """``cls`` whose ``on_train_batch_end`` records its duration at the steps where it saves."""
 
     def on_train_batch_end(self, trainer, *args, **kwargs):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         cls.on_train_batch_end(self, trainer, *args, **kwargs)
         if trainer.global_step % every == 0:
-            record.append(time.perf_counter() - t)
+            record.append((time.perf_counter() - t, time.process_time() - cpu))
 
     return type(cls.__name__, (cls,), {"on_train_batch_end": on_train_batch_end})
 
@@ -126,23 +117,22 @@ def summarise(starts: list[float], every: int) -> dict[str, float]:
     normal = statistics.median(t for i, t in iters.items() if i > skip and i % every != 0)
     blocking = statistics.median(iters[i] - normal for i in saved)
     after = statistics.median(sum(iters[i + k] - normal for k in range(1, every)) for i in saved)
-    return {"normal_ms": normal * 1e3, "iter_blocking_ms": blocking * 1e3, "after_ms": after * 1e3,
-            "saves": len(saved)}
+    return {"normal_ms": normal * 1e3, "iter_blocking_ms": blocking * 1e3, "after_ms": after * 1e3, "saves": len(saved)}
 
 
-def plain_save(ckpt: dict, path: str) -> float:
+def plain_save(ckpt: dict, path: str) -> tuple[float, float]:
     """Seconds for a plain synchronous ``torch.save`` of ``ckpt``: to a local file (no fsync), or into memory and
     one upload for ``s3://``. The file is removed afterwards."""
     from raylit import fs
 
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     if fs.is_remote(path):
         out = io.BytesIO()
         torch.save(ckpt, out)
         fs.write_bytes_atomic(out.getbuffer(), path)
     else:
         torch.save(ckpt, path)
-    elapsed = time.perf_counter() - t
+    elapsed = (time.perf_counter() - t, time.process_time() - cpu)
     fs.remove(path)
     return elapsed
 
@@ -156,15 +146,13 @@ def run_variant(name: str, dirpath: str, steps: int, every: int, hidden: int, ba
         import raylit as pl
         from raylit.callbacks import ModelCheckpoint
         from raylit.resume import ResumeCheckpoint
-    scratch = dirpath.rstrip("/") + "-plain.ckpt"
-    if "://" not in scratch:
-        os.makedirs(os.path.dirname(scratch), exist_ok=True)
-    clock = clock_class(pl)(every, scratch)
+    clock = clock_class(pl)()
     kwargs: dict = {}
     hook: list[float] = []
     if name.startswith("raylit-resume"):
-        saver = timed(ResumeCheckpoint, every, hook)(dirpath=dirpath, every_n_train_steps=every, every_n_seconds=None, keep=1,
-                                 async_save=name.endswith("async"))
+        saver = timed(ResumeCheckpoint, every, hook)(
+            dirpath=dirpath, every_n_train_steps=every, every_n_seconds=None, keep=1, async_save=name.endswith("async")
+        )
         kwargs["enable_checkpointing"] = False
     elif lightning:
         saver = timed(ModelCheckpoint, every, hook)(dirpath=dirpath, every_n_train_steps=every, save_top_k=1)
@@ -173,17 +161,99 @@ def run_variant(name: str, dirpath: str, steps: int, every: int, hidden: int, ba
 
             kwargs["plugins"] = [AsyncCheckpointIO()]
     else:
-        saver = timed(ModelCheckpoint, every, hook)(dirpath=dirpath, every_n_train_steps=every, save_top_k=1,
-                                                    async_save=name.endswith("async"))
-    trainer = pl.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu", devices=1, num_sanity_val_steps=0, callbacks=[clock, saver], **kwargs)
+        saver = timed(ModelCheckpoint, every, hook)(
+            dirpath=dirpath, every_n_train_steps=every, save_top_k=1, async_save=name.endswith("async")
+        )
+    trainer = pl.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        num_sanity_val_steps=0,
+        callbacks=[clock, saver],
+        **kwargs,
+    )
     t0 = time.perf_counter()
     trainer.fit(module_class(pl)(hidden, make_loader(steps, batch)))
     wall = time.perf_counter() - t0
-    ratios = [h / p for h, p in zip(hook, clock.plain)]
-    return {**summarise(clock.starts, every), "blocking_ms": statistics.median(hook) * 1e3,
-            "max_blocking_ms": max(hook) * 1e3, "plain_ms": statistics.median(clock.plain) * 1e3,
-            "ratio": statistics.median(ratios), "max_ratio": max(ratios), "wall_s": wall}
+    out = {**summarise(clock.starts, every), "wall_s": wall}
+    for k, kind in enumerate(("", "cpu_")):
+        out[f"{kind}blocking_ms"] = statistics.median(h[k] for h in hook) * 1e3
+        out[f"{kind}max_blocking_ms"] = max(h[k] for h in hook) * 1e3
+    return out
+
+
+def rounds(framework: str, base: str, hidden: int, batch: int, n: int) -> dict[str, dict[str, float]]:
+    """Interleaved rounds at the end of a short fit (inside ``on_train_end``, so the Trainer is live): a plain
+    ``torch.save`` of the checkpoint dict, the framework's synchronous save, and its asynchronous save (the
+    blocking part only; the background write is then waited for, outside the timing). Adjacent measurements
+    share the machine's load of that moment; ratios are taken per round."""
+    if framework == "raylit":
+        import raylit as pl
+        from raylit.async_checkpoint import AsyncCheckpointWriter
+        from raylit.checkpoint import dump_checkpoint
+    else:
+        import pytorch_lightning as pl
+        from pytorch_lightning.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+    times: dict[str, list] = {"plain": [], "sync": [], "async": []}
+    from raylit import fs
+
+    def join(name: str) -> str:
+        return fs.join(base, f"{framework}-{name}.ckpt")
+
+    class Rounds(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            writer = AsyncCheckpointWriter() if framework == "raylit" else None
+            for i in range(n + 1):  # round 0 warms up (first allocations, thread start) and is dropped
+                dump = dump_checkpoint(trainer) if writer else trainer._checkpoint_connector.dump_checkpoint(False)
+                plain = plain_save(dump, join("plain"))
+                del dump
+                t = time.perf_counter()
+                trainer.save_checkpoint(join("sync"))
+                sync = time.perf_counter() - t
+                if writer is not None:
+                    t = time.perf_counter()
+                    with writer.capture(i):
+                        trainer.save_checkpoint(join("async"))
+                    blocking = time.perf_counter() - t
+                    writer.wait()
+                else:
+                    trainer.strategy.checkpoint_io = AsyncCheckpointIO(TorchCheckpointIO())
+                    t = time.perf_counter()
+                    trainer.save_checkpoint(join("async"))
+                    blocking = time.perf_counter() - t
+                    trainer.strategy.checkpoint_io.teardown()  # waits for the write
+                    trainer.strategy.checkpoint_io = TorchCheckpointIO()
+                if i:
+                    times["plain"].append(plain[0])
+                    times["sync"].append(sync)
+                    times["async"].append(blocking)
+            if writer is not None:
+                writer.close()
+
+    trainer = pl.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[Rounds()],
+    )
+    trainer.fit(module_class(pl)(hidden, make_loader(3, batch)))
+    out = {}
+    for kind in ("plain", "sync", "async"):
+        ratios = [a / p for a, p in zip(times[kind], times["plain"])]
+        out[kind] = {
+            "median_ms": statistics.median(times[kind]) * 1e3,
+            "max_ms": max(times[kind]) * 1e3,
+            "ratio": statistics.median(ratios),
+            "max_ratio": max(ratios),
+        }
+    return out
 
 
 def checkpoint_size(hidden: int, batch: int) -> dict[str, float]:
@@ -197,12 +267,28 @@ def checkpoint_size(hidden: int, batch: int) -> dict[str, float]:
         def on_train_end(self, trainer, pl_module):
             holder["ckpt"] = dump_checkpoint(trainer)
 
-    trainer = raylit.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                             enable_checkpointing=False, callbacks=[Grab()])
+    trainer = raylit.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[Grab()],
+    )
     trainer.fit(module_class(raylit)(hidden, make_loader(3, batch)))
     buf = io.BytesIO()
     torch.save(holder["ckpt"], buf)
     return {"mb": buf.tell() / 1e6, "params_m": sum(v.numel() for v in holder["ckpt"]["state_dict"].values()) / 1e6}
+
+
+@contextlib.contextmanager
+def quiet(on: bool):
+    """Lightning's start-up banners go to stdout/stderr; keep the table readable."""
+    if not on:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        yield
 
 
 def start_moto() -> tuple[subprocess.Popen, dict[str, str]]:
@@ -210,8 +296,9 @@ def start_moto() -> tuple[subprocess.Popen, dict[str, str]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 60
     while True:
         with socket.socket() as s:
@@ -221,8 +308,13 @@ def start_moto() -> tuple[subprocess.Popen, dict[str, str]]:
             raise RuntimeError("moto_server did not start")
         time.sleep(0.2)
     endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+    }
     os.environ.update(env)
     import boto3
 
@@ -237,7 +329,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--s3", action="store_true", help="also on s3:// (moto_server on loopback)")
-    ap.add_argument("--only", default=None, help="comma-separated variant names")
+    ap.add_argument("--only", default=None, help="comma-separated variant names (the in-fit table)")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved save rounds per framework (0: none)")
+    ap.add_argument("--no-fit", action="store_true", help="skip the in-fit table")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import logging
@@ -245,14 +339,22 @@ def main() -> None:
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
-    variants = ["raylit-sync", "raylit-async", "raylit-resume-sync", "raylit-resume-async", "lightning-sync",
-                "lightning-async"]
+    variants = [
+        "raylit-sync",
+        "raylit-async",
+        "raylit-resume-sync",
+        "raylit-resume-async",
+        "lightning-sync",
+        "lightning-async",
+    ]
     if args.only:
         variants = [v for v in variants if v in args.only.split(",")]
     places = ["local"] + (["s3"] if args.s3 else [])
     moto = None
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs, "
-          f"load average at start {os.getloadavg()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs, "
+        f"load average at start {os.getloadavg()}"
+    )
     try:
         for place in places:
             if place == "s3":
@@ -261,24 +363,54 @@ def main() -> None:
             else:
                 base = tempfile.mkdtemp(prefix="bench-ckpt-")
             size = checkpoint_size(args.hidden, args.batch)
-            print(f"\n[{place}] checkpoint {size['mb']:.0f} MB ({size['params_m']:.1f} M parameters + Adam), "
-                  f"every {args.every} steps, {args.steps} steps")
-            print("| variant | iteration without save | plain torch.save (paired) | blocking per checkpoint (median / "
-                  "max) | blocking / plain save (median / max) | iteration - normal | extra time of the next "
-                  f"{args.every - 1} iterations | fit wall |")
-            print("|---|---|---|---|---|---|---|---|")
+            print(
+                f"\n[{place}] checkpoint {size['mb']:.0f} MB ({size['params_m']:.1f} M parameters + Adam), "
+                f"every {args.every} steps, {args.steps} steps"
+            )
+            if args.rounds:
+                print(
+                    f"\nInterleaved rounds ({args.rounds}, after a warm-up round): blocking time of one save, median / "
+                    "max, and its ratio to the plain torch.save of the same round (median / max)"
+                )
+                print("| framework | plain torch.save | synchronous save | ratio | async save: blocking | **ratio** |")
+                print("|---|---|---|---|---|---|")
+                for framework in ("raylit", "lightning"):
+                    if place == "s3" and framework == "lightning":
+                        print("| lightning | skipped: Lightning writes s3:// through s3fs (not installed) |||||")
+                        continue
+                    with quiet(framework == "lightning"):
+                        r = rounds(framework, base, args.hidden, args.batch, args.rounds)
+                    p, sy, a = r["plain"], r["sync"], r["async"]
+                    print(
+                        f"| {framework} | {p['median_ms']:.0f} / {p['max_ms']:.0f} ms | {sy['median_ms']:.0f} / "
+                        f"{sy['max_ms']:.0f} ms | {sy['ratio']:.2f} / {sy['max_ratio']:.2f} | {a['median_ms']:.0f} / "
+                        f"{a['max_ms']:.0f} ms | **{a['ratio']:.2f}** / {a['max_ratio']:.2f} |",
+                        flush=True,
+                    )
+            if args.no_fit:
+                continue
+            print(f"\nIn a fit (the callbacks' own saves, every {args.every} steps):")
+            print(
+                "| variant | iteration without save | blocking, wall: median / max | blocking, process CPU: median "
+                f"/ max | iteration - normal | extra time of the next {args.every - 1} iterations | fit wall |"
+            )
+            print("|---|---|---|---|---|---|---|")
             for name in variants:
                 if place == "s3" and name.startswith("lightning"):
                     try:
                         import s3fs  # noqa: F401
                     except ImportError:
-                        print(f"| {name} | skipped: Lightning writes s3:// through s3fs, which is not installed |||||||")
+                        print(f"| {name} | skipped: Lightning writes s3:// through s3fs (not installed) ||||||")
                         continue
                 dirpath = f"{base}/{name}" if place == "s3" else os.path.join(base, name)
-                r = run_variant(name, dirpath, args.steps, args.every, args.hidden, args.batch)
-                print(f"| {name} | {r['normal_ms']:.0f} ms | {r['plain_ms']:.0f} ms | **{r['blocking_ms']:.0f}** / "
-                      f"{r['max_blocking_ms']:.0f} ms | **{r['ratio']:.2f}** / {r['max_ratio']:.2f} | "
-                      f"{r['iter_blocking_ms']:.0f} ms | {r['after_ms']:.0f} ms | {r['wall_s']:.1f} s |", flush=True)
+                with quiet(name.startswith("lightning")):
+                    r = run_variant(name, dirpath, args.steps, args.every, args.hidden, args.batch)
+                print(
+                    f"| {name} | {r['normal_ms']:.0f} ms | **{r['blocking_ms']:.0f}** / {r['max_blocking_ms']:.0f} ms | "
+                    f"{r['cpu_blocking_ms']:.0f} / {r['cpu_max_blocking_ms']:.0f} ms | {r['iter_blocking_ms']:.0f} ms | "
+                    f"{r['after_ms']:.0f} ms | {r['wall_s']:.1f} s |",
+                    flush=True,
+                )
             print(f"load average at end: {os.getloadavg()}")
     finally:
         if moto is not None:
