@@ -158,6 +158,7 @@ class ModelCheckpoint(Checkpoint):
         super().__init__()
         self._published: dict[str, Any] | None = None  # see _Published
         self._before: dict[str, Any] = {}
+        self._before_step: int | None = None
         self._writer = AsyncCheckpointWriter(enabled=async_save)
         if mode not in ("min", "max"):
             raise MisconfigurationException(f"`mode` can be min, max but got {mode}")
@@ -578,8 +579,11 @@ class ModelCheckpoint(Checkpoint):
         if not self._writer.pending:
             self._before = {name: getattr(self, "_" + name) for name in _BOOK}
             self._before["best_k_models"] = dict(self._before["best_k_models"])
+            self._before_step = trainer.global_step
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
+        if getattr(self, "_before_step", None) != trainer.global_step:  # called directly (e.g. by a subclass)
+            self._begin_save(trainer)
         with self._writer.capture(trainer.global_step):
             trainer.save_checkpoint(filepath, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
