@@ -3,7 +3,8 @@
 import io
 import os
 import tempfile
-from typing import Any
+import threading
+from typing import Any, Callable
 
 import torch
 
@@ -50,7 +51,7 @@ def remove(path: str) -> None:
         os.remove(path)
 
 
-def write_bytes_atomic(data: bytes, path: str) -> None:
+def write_bytes_atomic(data: bytes | memoryview, path: str) -> None:
     """Write ``data`` so that ``path`` either keeps its old content or holds all of ``data``: never a
     truncated file. Local files go through a temporary file and ``os.replace``; object stores only make an
     upload visible once it completes."""
@@ -59,12 +60,17 @@ def write_bytes_atomic(data: bytes, path: str) -> None:
         with fs.open_output_stream(p) as f:
             f.write(data)
         return
+    _write_local_atomic(lambda f: f.write(data), path)
+
+
+def _write_local_atomic(write: Callable[[Any], Any], path: str) -> None:
+    """``write(f)`` into a temporary file next to ``path`` (fsynced), then ``os.replace`` it onto ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -83,7 +89,35 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+# A checkpoint callback's background writer (raylit.async_checkpoint) takes the saves of the thread it captures.
+_redirect = threading.local()
+
+
+def _redirect_to(writer: Any) -> Any:
+    """Hand this thread's ``save_torch`` calls to ``writer`` (None: write them here); returns the previous one."""
+    previous = getattr(_redirect, "writer", None)
+    _redirect.writer = writer
+    return previous
+
+
 def save_torch(obj: Any, path: str) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes_atomic(buf.getvalue(), str(path))
+    """``torch.save`` to ``path``, atomically. Inside ``AsyncCheckpointWriter.capture`` (a checkpoint callback's
+    save) the object is snapshotted and handed to the callback's background writer instead."""
+    writer = getattr(_redirect, "writer", None)
+    if writer is not None:
+        writer.submit(obj, str(path))
+        return
+    write_torch(obj, path)
+
+
+def write_torch(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` atomically, here and now. Local files are streamed into the temporary file
+    (through a file object, so the archive's record names are those of an in-memory save); object stores get
+    the whole serialised buffer in one upload."""
+    path = str(path)
+    if is_remote(path):
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        write_bytes_atomic(buf.getbuffer(), path)
+        return
+    _write_local_atomic(lambda f: torch.save(obj, f), path)

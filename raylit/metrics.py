@@ -1,5 +1,9 @@
 """What ``self.log`` does: per-hook defaults and permissions, step values, epoch reductions, and the three
-views the Trainer exposes (``callback_metrics``, ``logged_metrics``, ``progress_bar_metrics``)."""
+views the Trainer exposes (``callback_metrics``, ``logged_metrics``, ``progress_bar_metrics``).
+
+Nothing here reads a tensor's value on the host during a step (on a GPU such a read waits for the device):
+``progress_bar_metrics`` holds the logged tensors and turns them into Python numbers only when it is read
+(a progress bar redraw, user code), and the loggers read their values at logging steps only."""
 
 import numbers
 import warnings
@@ -240,7 +244,7 @@ class ResultStore:
         Cross-rank values not computed yet are left out unless ``allow_sync`` (all ranks are here)."""
         callback: dict[str, Tensor] = {}
         log: dict[str, Tensor] = {}
-        pbar: dict[str, float] = {}
+        pbar: dict[str, Tensor] = {}  # numbers once read (MetricsConnector.progress_bar_numbers)
         for e in self.entries.values():
             # a value belongs to the dataloader it names, or (add_dataloader_idx=False) to the one that logged it
             if not e.active or (e.dl_idx if e.dl_idx is not None else e.origin) != self.dataloader_idx:
@@ -265,8 +269,29 @@ class ResultStore:
                 callback[name] = value
                 callback[forked] = value
             if e.prog_bar:
-                pbar[forked] = value.item() if value.numel() == 1 else value.tolist()
+                pbar[forked] = value
         return callback, log, pbar
+
+
+class _Views:
+    """What ``MetricsConnector.views()`` returns: indexable and unpackable like the tuple (callback, logged,
+    progress bar); the progress-bar view is converted to numbers only when it is taken."""
+
+    __slots__ = ("_connector",)
+
+    def __init__(self, connector: "MetricsConnector") -> None:
+        self._connector = connector
+
+    def __getitem__(self, i: int) -> dict:
+        i = range(3)[i]  # IndexError and negative indices as a tuple's
+        c = self._connector
+        return c.progress_bar_numbers() if i == 2 else (c.callback_metrics, c.logged_metrics)[i]
+
+    def __len__(self) -> int:
+        return 3
+
+    def __iter__(self):
+        return iter((self[0], self[1], self[2]))
 
 
 def _is_metric(value: Any) -> bool:
@@ -374,9 +399,20 @@ class MetricsConnector:
         self.progress_bar_metrics.update(pbar)
         self._merged_version = version
 
-    def views(self) -> tuple[dict, dict, dict]:
+    def views(self) -> "_Views":
+        """(callback, logged, progress bar) metrics. Only taking the progress-bar view (``[2]``) reads values
+        from the device; see ``progress_bar_numbers``."""
         self._merge_live()
-        return self.callback_metrics, self.logged_metrics, self.progress_bar_metrics
+        return _Views(self)
+
+    def progress_bar_numbers(self) -> dict[str, Any]:
+        """``progress_bar_metrics`` with every tensor turned into a Python number (or list), in place: the
+        tensors of the latest step are read here, when someone looks, not at every step."""
+        pbar = self.progress_bar_metrics
+        for k, v in pbar.items():
+            if isinstance(v, Tensor):
+                pbar[k] = v.item() if v.numel() == 1 else v.tolist()
+        return pbar
 
     def begin_batch(self, batch: Any, dataloader_idx: int | None = None) -> None:
         store = self.store

@@ -5,7 +5,8 @@ directory, keeping the newest ``keep`` files, so a lost worker, node or driver c
 the last one. It is independent of ``ModelCheckpoint``: it never touches the user's top-k files.
 
 Files are written atomically and named ``resume-step=<global_step>.ckpt``; a file becomes the "latest" only
-once it is complete. ``latest_resume_checkpoint`` picks the newest one that loads, warning when it has to skip a
+once it is complete. They are written in a background thread (``raylit.async_checkpoint``; the step blocks
+only for a host copy of the state), and the oldest files are pruned only once the newer one is complete. ``latest_resume_checkpoint`` picks the newest one that loads, warning when it has to skip a
 corrupt or truncated newer file.
 """
 
@@ -15,6 +16,7 @@ import warnings
 from typing import Any
 
 from raylit import fs
+from raylit.async_checkpoint import AsyncCheckpointWriter
 from raylit.callbacks.base import Callback
 from raylit.checkpoint import CheckpointLoadError, load_checkpoint_file
 from raylit.utilities.clock import SharedDeadline
@@ -30,10 +32,12 @@ class ResumeCheckpoint(Callback):
         every_n_train_steps: save after every N optimizer steps (None: no step cadence).
         every_n_seconds: save when this much time has passed since the last save (None: no time cadence).
         keep: how many resume checkpoints to keep (the newest ones); at least 1.
+        async_save: write in a background thread (default). ``fit`` returns once the writes are done; a failed
+            write raises at the next save or when ``fit`` ends. ``False``: write before training continues.
     """
 
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int | None = None,
-                 every_n_seconds: float | None = 300.0, keep: int = 2) -> None:
+                 every_n_seconds: float | None = 300.0, keep: int = 2, async_save: bool = True) -> None:
         if every_n_train_steps is not None and (not isinstance(every_n_train_steps, int) or every_n_train_steps < 1):
             raise ValueError(f"ResumeCheckpoint(every_n_train_steps={every_n_train_steps!r}): expected None or an "
                              "int >= 1")
@@ -47,6 +51,7 @@ class ResumeCheckpoint(Callback):
         self.keep = keep
         self._last_saved_step = -1
         self._deadline = SharedDeadline(every_n_seconds) if every_n_seconds is not None else None
+        self._writer = AsyncCheckpointWriter(enabled=async_save)
 
     @property
     def state_key(self) -> str:
@@ -77,19 +82,35 @@ class ResumeCheckpoint(Callback):
         return False
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._writer.poll()  # a finished background write prunes old files now (or raises its error)
         if self._due(trainer):
             self.save(trainer)
 
     def save(self, trainer: Any) -> str:
+        """Write the resume checkpoint of this step; returns its path. With ``async_save`` the file appears
+        (and older ones are pruned) once the background write is complete."""
         path = fs.join(self.dirpath, f"resume-step={trainer.global_step}.ckpt")
-        trainer.save_checkpoint(path)
+        with self._writer.capture(trainer.global_step):
+            trainer.save_checkpoint(path)
         if self._deadline is not None:
             self._deadline.restart()
         self._last_saved_step = trainer.global_step
         if trainer.is_global_zero:
-            for old in list_resume_checkpoints(self.dirpath)[self.keep:]:
-                fs.remove(old)
+            self._writer.after_write(self._prune)
         return path
+
+    def _prune(self) -> None:
+        for old in list_resume_checkpoints(self.dirpath)[self.keep:]:
+            fs.remove(old)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._writer.wait()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._writer.close()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._writer.close_after_exception(exception)
 
 
 def list_resume_checkpoints(dirpath: str) -> list[str]:

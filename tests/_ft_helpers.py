@@ -113,6 +113,17 @@ def resume_dir_of(trainer) -> str:
     return next(cb.dirpath for cb in trainer.callbacks if isinstance(cb, ResumeCheckpoint))
 
 
+def wait_for_resume_file(trainer, timeout_s: float = 60.0) -> None:
+    """When this step is on the checkpoint cadence, wait until its resume checkpoint is complete: ResumeCheckpoint
+    writes in a background thread on rank 0, so the file appears a moment after ``on_train_batch_end``."""
+    if trainer.global_step % CKPT_EVERY:
+        return
+    path = os.path.join(resume_dir_of(trainer), f"resume-step={trainer.global_step}.ckpt")
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # faults
 # --------------------------------------------------------------------------------------------------------------
@@ -131,10 +142,12 @@ class _Fault(Callback):
 
 class KillInTrainStep(_Fault):
     """SIGKILL in ``on_train_batch_end`` once ``global_step == step``. Placed after ResumeCheckpoint in
-    ``callbacks`` and with ``step`` on the checkpoint cadence, it strikes right after a checkpoint was written."""
+    ``callbacks`` and with ``step`` on the checkpoint cadence, it strikes right after a checkpoint was written
+    (once the background write is complete)."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._armed(trainer):
+            wait_for_resume_file(trainer)
             self._die(trainer, where="train")
 
 
@@ -174,6 +187,7 @@ class CorruptLatestThenKill(_Fault):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._armed(trainer):
+            wait_for_resume_file(trainer)
             path = os.path.join(resume_dir_of(trainer), f"resume-step={trainer.global_step}.ckpt")
             data = Path(path).read_bytes()
             Path(path).write_bytes(data[: len(data) // 3])

@@ -15,6 +15,7 @@ import yaml
 from torch import Tensor
 
 from raylit import fs
+from raylit.async_checkpoint import AsyncCheckpointWriter
 from raylit.callbacks.checkpoint import Checkpoint
 from raylit.utilities.clock import SharedDeadline
 from raylit.utilities.exceptions import MisconfigurationException
@@ -48,6 +49,40 @@ def _remove(path: str) -> None:
         fs.remove(path)
 
 
+def _make_link(filepath: str, linkpath: str) -> None:
+    _remove(linkpath)
+    try:
+        os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), linkpath)
+    except OSError:  # e.g. Windows without symlink rights
+        shutil.copy(filepath, linkpath)
+
+
+# The top-k bookkeeping, as ``state_dict`` saves it.
+_BOOK = ("best_k_models", "kth_best_model_path", "kth_value", "best_model_path", "best_model_score", "current_score",
+         "last_model_path")
+
+
+class _Published:
+    """A top-k attribute as users read it. The callback works on the live value (``_<name>``, what the next
+    checkpoint records); while that step's files are still being written in the background, readers get the
+    value from before the step, whose files are complete. Assigning sets both."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.live = name, "_" + name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        shown = obj.__dict__.get("_published")
+        return shown[self.name] if shown is not None else obj.__dict__[self.live]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.live] = value
+        shown = obj.__dict__.get("_published")
+        if shown is not None:
+            shown[self.name] = value
+
+
 class ModelCheckpoint(Checkpoint):
     r"""Save the model during ``fit``, by a period (epochs, optimizer steps or wall time) and, with ``monitor``,
     keep only the ``save_top_k`` best files by that metric. Same arguments and meanings as Lightning 2.6.
@@ -72,6 +107,11 @@ class ModelCheckpoint(Checkpoint):
             None decides at run time: train epoch end when there is no validation, or when validation runs
             exactly once per epoch (``val_check_interval == 1.0 and check_val_every_n_epoch == 1``).
         enable_version_counter: append ``-v1``, ``-v2``... instead of overwriting an existing file.
+        async_save: (raylit) write checkpoints in a background thread (``raylit.async_checkpoint``): the step
+            blocks only for a host copy of the state. A file counts once it is complete: until then
+            ``best_model_path``, ``last_model_path``, ``best_k_models``, ... keep their previous values, the files
+            it replaces are not deleted and loggers are not told. ``fit`` returns once every write is done; a
+            failed write raises at the next save or when ``fit`` ends. ``False``: write before returning.
 
     ``save_last`` follows Lightning 2.6 (PR #21244): ``last.ckpt`` is written only at a step where a top-k or
     periodic checkpoint was also saved (so with ``monitor`` it is the last *improving* checkpoint, not the
@@ -81,6 +121,14 @@ class ModelCheckpoint(Checkpoint):
     ``global_step``. Every file goes through ``trainer.save_checkpoint(path, save_weights_only)``; files that drop
     out of the top k are deleted by global rank 0 only.
     """
+
+    best_k_models = _Published()
+    kth_best_model_path = _Published()
+    kth_value = _Published()
+    best_model_path = _Published()
+    best_model_score = _Published()
+    current_score = _Published()
+    last_model_path = _Published()
 
     CHECKPOINT_JOIN_CHAR = "-"
     CHECKPOINT_EQUALS_CHAR = "="
@@ -105,8 +153,13 @@ class ModelCheckpoint(Checkpoint):
         every_n_epochs: int | None = None,
         save_on_train_epoch_end: bool | None = None,
         enable_version_counter: bool = True,
+        async_save: bool = True,
     ) -> None:
         super().__init__()
+        self._published: dict[str, Any] | None = None  # see _Published
+        self._before: dict[str, Any] = {}
+        self._before_step: int | None = None
+        self._writer = AsyncCheckpointWriter(enabled=async_save)
         if mode not in ("min", "max"):
             raise MisconfigurationException(f"`mode` can be min, max but got {mode}")
         self.monitor = monitor
@@ -211,6 +264,7 @@ class ModelCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Step- and time-based saving."""
+        self._writer.poll()  # a finished background write counts now (or raises its error)
         step_due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
         time_due = False
         if self._time_deadline is not None:
@@ -235,11 +289,13 @@ class ModelCheckpoint(Checkpoint):
         self._save_last_checkpoint(trainer, candidates)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._writer.poll()
         if self._should_skip_saving_checkpoint(trainer) or not self._should_save_on_train_epoch_end(trainer):
             return
         self._save_on_epoch_boundary(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        self._writer.poll()
         if self._should_skip_saving_checkpoint(trainer) or self._should_save_on_train_epoch_end(trainer):
             return
         if self._defer_save_until_validation:
@@ -264,18 +320,29 @@ class ModelCheckpoint(Checkpoint):
         if self.save_last and not self._last_checkpoint_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._writer.wait()  # fit returns with every file written (and a failed write raises)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._writer.close()
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # the run is failing already: pending writes finish, and a write error is attached to `exception`
+        self._writer.wait_after_exception(exception)
         if not (
             self.save_on_exception
             and not trainer.fast_dev_run
             and not trainer.sanity_checking
             and self._last_global_step_saved != trainer.global_step
         ):
+            self._writer.close_after_exception(exception)
             return
         candidates = self._monitor_candidates(trainer)
+        self._begin_save(trainer)
         filepath = self.format_checkpoint_name(candidates)
         self._save_checkpoint(trainer, filepath)
         self._save_last_checkpoint(trainer, candidates)
+        self._writer.close_after_exception(exception)
         rank_zero_info(
             f"An {type(exception).__name__} was raised with message: {exception}, saved checkpoint to {filepath}"
         )
@@ -284,31 +351,32 @@ class ModelCheckpoint(Checkpoint):
     def state_dict(self) -> dict[str, Any]:
         return {
             "monitor": self.monitor,
-            "best_model_score": self.best_model_score,
-            "best_model_path": self.best_model_path,
-            "current_score": self.current_score,
+            "best_model_score": self._best_model_score,
+            "best_model_path": self._best_model_path,
+            "current_score": self._current_score,
             "dirpath": self.dirpath,
-            "best_k_models": self.best_k_models,
-            "kth_best_model_path": self.kth_best_model_path,
-            "kth_value": self.kth_value,
-            "last_model_path": self.last_model_path,
+            "best_k_models": self._best_k_models,
+            "kth_best_model_path": self._kth_best_model_path,
+            "kth_value": self._kth_value,
+            "last_model_path": self._last_model_path,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved_dirpath = state_dict.get("dirpath", self.dirpath)
         if saved_dirpath == self.dirpath:
-            self.best_model_score = state_dict["best_model_score"]
-            self.kth_best_model_path = state_dict.get("kth_best_model_path", self.kth_best_model_path)
-            self.kth_value = state_dict.get("kth_value", self.kth_value)
-            self.best_k_models = state_dict.get("best_k_models", self.best_k_models)
-            self.last_model_path = state_dict.get("last_model_path", self.last_model_path)
+            self._best_model_score = state_dict["best_model_score"]
+            self._kth_best_model_path = state_dict.get("kth_best_model_path", self._kth_best_model_path)
+            self._kth_value = state_dict.get("kth_value", self._kth_value)
+            self._best_k_models = state_dict.get("best_k_models", self._best_k_models)
+            self._last_model_path = state_dict.get("last_model_path", self._last_model_path)
         else:
             warnings.warn(
                 f"The dirpath has changed from {saved_dirpath!r} to {self.dirpath!r},"
                 " therefore `best_model_score`, `kth_best_model_path`, `kth_value`, `last_model_path` and"
                 " `best_k_models` won't be reloaded. Only `best_model_path` will be reloaded."
             )
-        self.best_model_path = state_dict["best_model_path"]
+        self._best_model_path = state_dict["best_model_path"]
+        self._published = None
 
     def to_yaml(self, filepath: str | Path | None = None) -> None:
         """Write ``best_k_models`` as ``{path: score}`` YAML (default ``<dirpath>/best_k_models.yaml``)."""
@@ -423,10 +491,10 @@ class ModelCheckpoint(Checkpoint):
     def check_monitor_top_k(self, trainer, current: Tensor | None = None) -> bool:
         if current is None:
             return False
-        if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
+        if self.save_top_k == -1 or len(self._best_k_models) < self.save_top_k:
             return True
         better = torch.lt if self.mode == "min" else torch.gt
-        improves = bool(better(current, self.best_k_models[self.kth_best_model_path]))
+        improves = bool(better(current, self._best_k_models[self._kth_best_model_path]))
         return trainer.strategy.reduce_boolean_decision(improves)  # all ranks must agree
 
     def _save_topk_checkpoint(self, trainer, candidates: dict[str, Tensor]) -> None:
@@ -455,34 +523,36 @@ class ModelCheckpoint(Checkpoint):
 
     def _save_latest_checkpoint(self, trainer, candidates: dict[str, Tensor]) -> None:
         """``monitor=None``: the newest checkpoint is the "best"; with ``save_top_k=1`` the previous goes."""
-        filepath = self._free_filepath(candidates, trainer, None, reusable=self.best_model_path)
-        previous, self.best_model_path = self.best_model_path, filepath  # set first: it is part of the state
+        self._begin_save(trainer)
+        filepath = self._free_filepath(candidates, trainer, None, reusable=self._best_model_path)
+        previous, self._best_model_path = self._best_model_path, filepath  # set first: it is part of the state
         self._save_checkpoint(trainer, filepath)
         if self.save_top_k == 1 and previous and self._should_remove_checkpoint(trainer, previous, filepath):
             self._remove_checkpoint(trainer, previous)
 
     def _update_best_and_save(self, current: Tensor, trainer, candidates: dict[str, Tensor]) -> None:
-        k = len(self.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
+        self._begin_save(trainer)
+        k = len(self._best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
         replaced = None
-        if len(self.best_k_models) == k:
-            replaced = self.kth_best_model_path
-            self.best_k_models.pop(replaced)
+        if len(self._best_k_models) == k:
+            replaced = self._kth_best_model_path
+            self._best_k_models.pop(replaced)
         if torch.isnan(current):  # a NaN never ranks as best
             current = torch.tensor(float("inf" if self.mode == "min" else "-inf"), device=current.device)
 
         filepath = self._free_filepath(candidates, trainer, None, reusable=replaced)
-        self.current_score = current
-        self.best_k_models[filepath] = current
+        self._current_score = current
+        self._best_k_models[filepath] = current
         worst, best = (max, min) if self.mode == "min" else (min, max)
-        if len(self.best_k_models) == k:
-            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.get)
-            self.kth_value = self.best_k_models[self.kth_best_model_path]
-        self.best_model_path = best(self.best_k_models, key=self.best_k_models.get)
-        self.best_model_score = self.best_k_models[self.best_model_path]
+        if len(self._best_k_models) == k:
+            self._kth_best_model_path = worst(self._best_k_models, key=self._best_k_models.get)
+            self._kth_value = self._best_k_models[self._kth_best_model_path]
+        self._best_model_path = best(self._best_k_models, key=self._best_k_models.get)
+        self._best_model_score = self._best_k_models[self._best_model_path]
         if self.verbose:
             rank_zero_info(
                 f"Epoch {int(candidates['epoch']):d}, global step {int(candidates['step']):d}: {self.monitor!r}"
-                f" reached {current:0.5f} (best {self.best_model_score:0.5f}), saving model to {filepath!r}"
+                f" reached {current:0.5f} (best {self._best_model_score:0.5f}), saving model to {filepath!r}"
                 f" as top {k}"
             )
         self._save_checkpoint(trainer, filepath)
@@ -492,8 +562,9 @@ class ModelCheckpoint(Checkpoint):
     def _save_last_checkpoint(self, trainer, candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
             return
-        filepath = self._free_filepath(candidates, trainer, self.CHECKPOINT_NAME_LAST, reusable=self.last_model_path)
-        previous, self.last_model_path = self.last_model_path, filepath  # set first: it is part of the state
+        self._begin_save(trainer)
+        filepath = self._free_filepath(candidates, trainer, self.CHECKPOINT_NAME_LAST, reusable=self._last_model_path)
+        previous, self._last_model_path = self._last_model_path, filepath  # set first: it is part of the state
         if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
             self._link_checkpoint(trainer, self._last_checkpoint_saved, filepath)
         else:
@@ -501,22 +572,44 @@ class ModelCheckpoint(Checkpoint):
         if previous and self._should_remove_checkpoint(trainer, previous, filepath):
             self._remove_checkpoint(trainer, previous)
 
+    def _begin_save(self, trainer) -> None:
+        """Before the bookkeeping changes for a save at this step: an earlier step's background write finishes
+        (and counts) first -- at most one step's snapshot is held -- and the values readers see are kept."""
+        self._writer.settle(trainer.global_step)
+        if not self._writer.pending:
+            self._before = {name: getattr(self, "_" + name) for name in _BOOK}
+            self._before["best_k_models"] = dict(self._before["best_k_models"])
+            self._before_step = trainer.global_step
+
     def _save_checkpoint(self, trainer, filepath: str) -> None:
-        trainer.save_checkpoint(filepath, self.save_weights_only)
+        if getattr(self, "_before_step", None) != trainer.global_step:  # called directly (e.g. by a subclass)
+            self._begin_save(trainer)
+        with self._writer.capture(trainer.global_step):
+            trainer.save_checkpoint(filepath, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+        if self._writer.pending and self._published is None:  # the step's first file is being written
+            self._published = self._before
+            self._writer.after_write(self._publish, on_error=self._rollback)
         if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(self)
+            self._writer.after_write(lambda: self._notify_loggers(trainer))
 
-    @staticmethod
-    def _link_checkpoint(trainer, filepath: str, linkpath: str) -> None:
+    def _notify_loggers(self, trainer) -> None:
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(self)
+
+    def _publish(self) -> None:
+        self._published = None
+
+    def _rollback(self) -> None:
+        """A background write failed: the bookkeeping goes back to the last complete files."""
+        for name, value in (self._published or {}).items():
+            setattr(self, "_" + name, value)
+        self._published = None
+
+    def _link_checkpoint(self, trainer, filepath: str, linkpath: str) -> None:
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
-            _remove(linkpath)
-            try:
-                os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), linkpath)
-            except OSError:  # e.g. Windows without symlink rights
-                shutil.copy(filepath, linkpath)
+            self._writer.after_write(lambda: _make_link(filepath, linkpath))
         trainer.strategy.barrier()
 
     def _should_remove_checkpoint(self, trainer, previous: str, current: str) -> bool:
@@ -533,8 +626,8 @@ class ModelCheckpoint(Checkpoint):
         return Path(self.dirpath).absolute() in previous_path.parents
 
     def _remove_checkpoint(self, trainer, filepath: str) -> None:
-        if trainer.is_global_zero:
-            _remove(filepath)
+        if trainer.is_global_zero:  # only once the file replacing it is complete
+            self._writer.after_write(lambda: _remove(filepath))
 
 
 def _total(num_batches: Any) -> float:

@@ -1,9 +1,12 @@
 """ProgressBar: the base of progress-bar callbacks (what to count and which metrics to show)."""
 
+import time
 from typing import Any
 
 from raylit.callbacks.base import Callback
 from raylit.utilities.rank_zero import rank_zero_warn
+
+_clock = time.monotonic  # (tests replace it)
 
 
 class ProgressBar(Callback):
@@ -12,11 +15,27 @@ class ProgressBar(Callback):
 
     The Trainer uses at most one progress bar. Only global rank 0 draws: :meth:`setup` disables the bar on
     every other rank.
+
+    During an epoch the built-in bars take the metrics (:meth:`get_metrics`) at most every
+    ``METRICS_REFRESH_S`` seconds, and at the epoch's last batch, while the batch count redraws at the bar's own
+    rate: reading ``trainer.progress_bar_metrics`` turns the logged tensors into numbers, which on a GPU waits for
+    the device to finish the queued work.
     """
+
+    METRICS_REFRESH_S = 0.5
 
     def __init__(self) -> None:
         self._trainer: Any = None
         self._current_eval_dataloader_idx: int | None = None
+        self._metrics_taken_at = -float("inf")
+
+    def _metrics_due(self, last: bool = False) -> bool:
+        """Whether to take the metrics now (see the class docstring); ``last``: the epoch's last batch."""
+        now = _clock()
+        if last or now - getattr(self, "_metrics_taken_at", -float("inf")) >= self.METRICS_REFRESH_S:
+            self._metrics_taken_at = now
+            return True
+        return False
 
     @property
     def trainer(self):

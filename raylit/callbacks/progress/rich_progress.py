@@ -268,7 +268,8 @@ class RichProgressBar(ProgressBar):
                 self.total_train_batches, self._train_description(trainer.current_epoch)
             )
         if self._advance(self.train_progress_bar_id, n):
-            self._update_metrics(trainer, pl_module)  # only now: reading the metrics may sync the device
+            if self._metrics_due(last=n == self._totals.get(self.train_progress_bar_id)):
+                self._update_metrics(trainer, pl_module)  # only now: reading the metrics may sync the device
             self.refresh(hard=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -152,7 +152,8 @@ class TQDMProgressBar(ProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         bar = self._train_progress_bar
         if bar is not None and self._update_n(bar, batch_idx + 1):
-            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            if self._metrics_due(last=bar.n == bar.total):
+                bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             bar.refresh()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
