@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from raylit.data import sequential_lookahead
-from raylit.metrics import ResultStore
+from raylit.result_store import ResultStore
 from raylit.state import RunningStage
 from raylit.utilities.model_helpers import accepts_arg
 

@@ -19,12 +19,13 @@ from raylit.evaluation import run_evaluation, run_predict
 from raylit.hooks import HookDispatcher
 from raylit.loaders import Loaders
 from raylit.loop import Loop
-from raylit.metrics import MetricsConnector, ResultStore
+from raylit.metrics import MetricsConnector
 from raylit.module import LightningModule
 from raylit.optim import LightningOptimizer, is_torch_scheduler, normalize_configure_optimizers
 from raylit.precision import Precision
 from raylit.profilers import PassThroughProfiler
 from raylit.profilers._hooks import ProfiledHookDispatcher
+from raylit.result_store import ResultStore
 from raylit.state import RunningStage, TrainerFn, TrainerState, TrainerStatus, TrainState
 from raylit.trainer_args import reorder_callbacks
 from raylit.utilities.exceptions import MisconfigurationException
