@@ -203,7 +203,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
 
     def on_validation_model_zero_grad(self) -> None:
-        self.zero_grad(set_to_none=True)
+        self.zero_grad()  # set_to_none is torch's default
 
     def on_validation_model_eval(self) -> None:
         self.trainer.model.eval()
