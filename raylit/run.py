@@ -73,9 +73,10 @@ class Run:
         status.stage = _STAGES[self.fn]
         module_token = running_module.set(self.module)  # Callback.log logs through it
         profiler = trainer.profiler
-        if not isinstance(profiler, PassThroughProfiler):  # the report goes to log_dir unless the profiler was given a dirpath
+        if not isinstance(profiler, PassThroughProfiler):  # its report goes to log_dir unless it has a dirpath
             profiler.setup(self.fn, local_rank=self.runtime.local_rank if self.runtime.world_size > 1 else None,
                            log_dir=trainer.log_dir)
+        compiled = _compile_steps(self.module, spec.compile) if spec.compile is not None else ()
         try:
             self._setup()
             if self.fn == "fit":
@@ -107,6 +108,8 @@ class Run:
         finally:
             status.stage = None
             running_module.reset(module_token)
+            for name in compiled:  # the user's module is plain again (and picklable for a later Ray run)
+                self.module.__dict__.pop(name, None)
 
     def _setup(self) -> None:
         spec, hooks, module, runtime, fn = self.spec, self.hooks, self.module, self.runtime, self.fn
@@ -293,6 +296,18 @@ class Run:
                 if getattr(cb, "dirpath", "") is None and state.get("dirpath") is not None:
                     cb.dirpath = state["dirpath"]
                 cb.load_state_dict(state)
+
+
+_COMPILED = ("forward", "training_step", "validation_step", "test_step", "predict_step")
+
+
+def _compile_steps(module: Any, dynamo_ctx: Any) -> tuple[str, ...]:
+    """``trainer.fit(torch.compile(model))``: as in Lightning, the module's ``forward`` and step methods run
+    through the compiler context ``torch.compile`` made (its backend and options), while hooks, checkpoints and
+    ``state_dict`` keys are the plain module's. Applied here, so on Ray each worker compiles for itself."""
+    for name in _COMPILED:
+        module.__dict__[name] = dynamo_ctx(getattr(module, name))
+    return _COMPILED
 
 
 class _MockOptimizer(torch.optim.Optimizer):

@@ -354,7 +354,9 @@ class Trainer:
     def _spec(self, fn: str, model: Any, datamodule: Any = None, data: dict | None = None,
               ckpt_path: Any = None, **options: Any) -> RunSpec:
         """The ``RunSpec`` of ``trainer.<fn>(model, ...)``, after the checks that need no run."""
-        model_given = model is not None
+        model_given, compile_kwargs = model is not None, None
+        if isinstance(getattr(model, "_orig_mod", None), LightningModule):  # trainer.fit(torch.compile(model))
+            model, compile_kwargs = model._orig_mod, model.dynamo_ctx  # torch.compile's settings, to apply again
         if model is None:
             model = self.lightning_module
             if model is None:
@@ -366,7 +368,7 @@ class Trainer:
         return RunSpec(
             config=self.config, fn=fn, module=model, datamodule=datamodule, callbacks=self.callbacks,
             loggers=self.loggers, data=data or {}, ckpt_path=ckpt_path if ckpt_path is not None else self.ckpt_path,
-            model_given=model_given, state=previous.state if previous else None,
+            model_given=model_given, compile=compile_kwargs, state=previous.state if previous else None,
             eval_log_steps=previous.eval_log_steps if previous else None, trainer_cls=type(self),
             **{k: v for k, v in options.items() if v is not None or k == "weights_only"})
 

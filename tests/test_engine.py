@@ -381,3 +381,33 @@ def test_time_based_val_check_interval_keeps_the_value_passed(value):
     value = timedelta(minutes=1, seconds=30) if value == "timedelta" else value
     trainer = raylit.Trainer(val_check_interval=value, **QUIET)
     assert trainer.val_check_interval == value and trainer.config.val_check_seconds == 90.0
+
+
+def test_fit_accepts_a_torch_compiled_module(tmp_path):
+    """``trainer.fit(torch.compile(model))`` (issue 12): the forward and step methods run through the compiler
+    (a counting backend sees them), training matches an uncompiled run (the backend runs the graphs eagerly), the
+    checkpoint has the plain module's keys, and the user's module is plain again afterwards."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def fit(compiled: bool):
+        torch.manual_seed(0)
+        model = DropoutModel()
+        trainer = raylit.Trainer(max_epochs=2, default_root_dir=tmp_path / str(compiled), **QUIET,
+                                 enable_checkpointing=False)
+        trainer.fit(torch.compile(model, backend=counting_backend) if compiled else model)
+        trainer.save_checkpoint(tmp_path / f"{compiled}.ckpt")
+        return model, trainer
+
+    plain, _ = fit(False)
+    compiled, trainer = fit(True)
+    assert graphs, "nothing ran through the compiler"
+    assert trainer.lightning_module is compiled
+    for a, b in zip(plain.parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b)
+    keys = torch.load(tmp_path / "True.ckpt", weights_only=True)["state_dict"].keys()
+    assert set(keys) == set(plain.state_dict()) and not any("_orig_mod" in k for k in keys)
+    assert "training_step" not in compiled.__dict__ and "forward" not in compiled.__dict__

@@ -27,6 +27,7 @@ class RunSpec:
     verbose: bool = True
     return_predictions: bool = True
     model_given: bool = True                  # False: validate/test/predict() reuse the last fit's module
+    compile: Any = None                       # torch.compile's context when the user passed a compiled module
     # progress a validate/test/predict call continues from (the previous fit's counters and logger steps)
     state: Any = None
     eval_log_steps: dict | None = None
