@@ -2,9 +2,9 @@
 
 ``TrainerConfig.from_kwargs(**trainer_arguments)`` checks every argument in a small function per concern and
 raises an error naming the argument, the value and what is accepted, before any run starts. The result is an
-immutable value: it travels to Ray workers inside the ``RunSpec`` and Tune builds per-trial variants with
-``config.replace(**overrides)`` (which validates again). Nothing here has side effects; the Trainer applies
-the few global settings (determinism, cudnn benchmark) itself.
+immutable value that travels to Ray workers inside the ``RunSpec``; it keeps the arguments as given
+(``kwargs``), from which Tune's per-trial Trainers and ``config.replace(**overrides)`` validate variants again.
+Nothing here has side effects; the Trainer applies the few global settings (determinism, cudnn benchmark).
 """
 
 import dataclasses
