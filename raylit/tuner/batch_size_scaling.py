@@ -126,14 +126,10 @@ class _Search:
     def power(self, size: int, max_trials: int) -> int:
         any_success = False
         for i in range(max_trials):
-            _search.free_memory()
-            if size >= self.max_val:
-                rank_zero_info(f"Reached the maximum batch size limit of {self.max_val}. Stopping search.")
+            if self._at_limit(size):
                 break
             if self._try():
-                last_ok = size
                 if i + 1 >= max_trials:
-                    size = last_ok
                     break
                 size, changed = self.adjust(factor=2.0, desc="succeeded")
                 if not changed:
@@ -148,15 +144,11 @@ class _Search:
     def binsearch(self, size: int, max_trials: int, margin: float) -> int:
         low, high, count = 1, None, 0
         while True:
-            _search.free_memory()
-            if size >= self.max_val:
-                rank_zero_info(f"Reached the maximum batch size limit of {self.max_val}. Stopping search.")
+            if self._at_limit(size):
                 break
             if self._try():
-                last_ok = size
                 count += 1
                 if count >= max_trials:
-                    size = last_ok
                     break
                 low = size
                 if high:
@@ -178,6 +170,14 @@ class _Search:
                 rank_zero_info(f"Applying margin of {margin:.1%}, reducing batch size from {size} to {reduced}")
                 size = reduced
         return size
+
+    def _at_limit(self, size: int) -> bool:
+        """Before each trial: free memory, and stop at ``max_val``."""
+        _search.free_memory()
+        if size >= self.max_val:
+            rank_zero_info(f"Reached the maximum batch size limit of {self.max_val}. Stopping search.")
+            return True
+        return False
 
     def _try(self) -> bool:
         """One trial: True when it ran, False when it ran out of memory (other errors propagate)."""
