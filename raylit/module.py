@@ -243,7 +243,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         if self._automatic_optimization:
             raise MisconfigurationException("`manual_backward` is only for manual optimization: set "
                                             "`self.automatic_optimization = False` in `__init__`.")
-        self.trainer._run.loop.backward(loss, *args, **kwargs)
+        self.trainer.strategy.backward(loss, None, *args, **kwargs)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         optimizer.step(closure=optimizer_closure)

@@ -27,7 +27,8 @@ from raylit.loggers.base import Logger
 from raylit.module import LightningModule
 from raylit.precision import Precision
 from raylit.profilers import select_profiler
-from raylit.runtime import Runtime, StrategyView
+from raylit.runtime import Runtime
+from raylit.strategies import Strategy
 from raylit.state import RunningStage, TrainerState, TrainerStatus
 from raylit.trainer_args import build_callbacks, build_loggers
 from raylit.utilities.combined_loader import CombinedLoader
@@ -95,7 +96,7 @@ class Trainer:
         self.config = config
         self.callbacks = callbacks
         self.loggers = loggers
-        self.strategy = StrategyView(self)
+        self.strategy = Strategy(self)
         self.profiler = select_profiler(config.profiler)  # on a Ray worker: the driver's profiler, unpickled
         self.ckpt_path: str | None = None
         self._run: Any = None  # the current or last Run
