@@ -19,6 +19,7 @@ from raylit.evaluation import run_evaluation, run_predict
 from raylit.hooks import HookDispatcher
 from raylit.loaders import Loaders
 from raylit.loop import Loop
+from raylit.loops import evaluation_loop
 from raylit.metrics import MetricsConnector
 from raylit.module import LightningModule
 from raylit.optim import LightningOptimizer, is_torch_scheduler, normalize_configure_optimizers
@@ -87,7 +88,7 @@ class Run:
             else:
                 result = run_evaluation(loop, self.fn)
                 if spec.verbose and self.runtime.is_global_zero and result:
-                    _print_results(result, self.fn)
+                    evaluation_loop._EvaluationLoop._print_results(result, self.fn)
             self._teardown("success")
             status.status = TrainerStatus.FINISHED
             return result
@@ -333,21 +334,3 @@ class _MockOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return "No Optimizer"
-
-
-def _print_results(results: list[dict[str, float]], fn: str) -> None:
-    keys = sorted({k for r in results for k in r})
-    if not keys:
-        return
-    header = f"{fn.capitalize()} metric"
-    width = max(len(header), *(len(k) for k in keys))
-    cols = [f"DataLoader {i}" for i in range(len(results))]
-    line = "─" * (width + 2 + sum(len(c) + 3 for c in cols))
-    print(line)
-    print(f"{header:<{width}}  " + "   ".join(cols))
-    print(line)
-    for k in keys:
-        vals = "   ".join(f"{results[i][k]:<{len(c)}.6g}" if isinstance(results[i].get(k), float) else
-                         f"{str(results[i].get(k, '')):<{len(c)}}" for i, c in enumerate(cols))
-        print(f"{k:<{width}}  {vals}")
-    print(line)

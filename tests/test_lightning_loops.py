@@ -72,3 +72,65 @@ def test_manual_backward_goes_through_strategy_backward(pl, tmp_path):
     assert bwd.call_count == 2 * 3
     assert all(c.args[1] is None for c in bwd.call_args_list)  # (loss, optimizer=None)
     assert trainer.global_step == 2 * 2
+
+
+# --- the results table validate/test print -------------------------------------------------------------------
+_TABLE_CASES = [
+    ([{"log": torch.tensor(5)}, {"no_log": torch.tensor(6.5)}], "test"),
+    ([{"value": torch.tensor(2), "perf": {"a:1": torch.tensor(0), "b": 3.25}}, {"other": 1.5}], "test"),
+    ([{f"a {'really ' * 11}long name": torch.tensor(5)}, {f"a {'really ' * 11}long name": torch.tensor([[6]])}],
+     "validate"),
+    ([{f"loss/dataloader_idx_{i}": torch.tensor(i)} for i in range(5)], "validate"),
+    ([{}], "test"),
+]
+
+
+@pytest.mark.parametrize("rich", [True, False], ids=["rich", "plain"])
+@pytest.mark.parametrize("case", range(len(_TABLE_CASES)))
+def test_results_table_matches_lightning(case, rich, monkeypatch, capsys):
+    """``trainer.test``/``validate`` print the same table as Lightning: rich when available, else plain text
+    (one column per dataloader, nested dicts as ``a:b`` rows, long names wrapped, split at the terminal width)."""
+    monkeypatch.setenv("COLUMNS", "120")
+    printed = []
+    for name in H.FRAMEWORKS:
+        mod = importlib.import_module(f"{name}.loops.evaluation_loop")
+        monkeypatch.setattr(mod, "_RICH_AVAILABLE", rich)
+        if rich:
+            from rich import get_console
+
+            with get_console().capture() as cap:
+                mod._EvaluationLoop._print_results(*_TABLE_CASES[case])
+            printed.append(cap.get())
+        else:
+            mod._EvaluationLoop._print_results(*_TABLE_CASES[case])
+            printed.append(capsys.readouterr().out)
+    assert printed[1] == printed[0]
+    assert bool(printed[0]) == (case != 4)
+
+
+def test_test_prints_the_table_once_on_rank_zero(tmp_path, capsys, monkeypatch):
+    """``trainer.test(verbose=True)`` prints the logged metrics through that table; ``verbose=False`` prints
+    nothing."""
+    import raylit
+    from raylit.loops import evaluation_loop
+
+    monkeypatch.setattr(evaluation_loop, "_RICH_AVAILABLE", False)
+    monkeypatch.setenv("COLUMNS", "120")
+
+    class M(raylit.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(32, 2)
+
+        def test_step(self, batch, batch_idx):
+            self.log("test_metric", 0.5)
+
+        def test_dataloader(self):
+            return H.loader(4)
+
+    trainer = raylit.Trainer(default_root_dir=tmp_path, **QUIET)
+    trainer.test(M(), verbose=False)
+    assert "Test metric" not in capsys.readouterr().out
+    trainer.test(M())
+    out = capsys.readouterr().out
+    assert out.count("Test metric") == 1 and "test_metric" in out and "0.5" in out

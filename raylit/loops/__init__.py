@@ -5,7 +5,7 @@ exported here as ``Loop``. It is internal too; user code should not need it."""
 
 from typing import Any
 
-__all__ = ["Loop"]
+__all__ = ["Loop", "_EvaluationLoop"]
 
 
 def __getattr__(name: str) -> Any:
@@ -13,4 +13,8 @@ def __getattr__(name: str) -> Any:
         from raylit import loop
 
         return loop.Loop
+    if name == "_EvaluationLoop":
+        from raylit.loops.evaluation_loop import _EvaluationLoop
+
+        return _EvaluationLoop
     raise AttributeError(f"module 'raylit.loops' has no attribute {name!r}")
