@@ -9,8 +9,10 @@ from typing import Any
 import torch
 
 from raylit.data import sequential_lookahead
+from raylit.loops.progress import EvalCounter
 from raylit.result_store import ResultStore
 from raylit.state import RunningStage
+from raylit.utilities.clock import SharedDeadline
 from raylit.utilities.model_helpers import accepts_arg
 
 
@@ -33,6 +35,8 @@ def run_evaluation(loop: Any, fn: str, sanity: bool = False) -> list[dict[str, f
     if multi and not accepts_arg(getattr(loop.module, step_name), "dataloader_idx", 3):
         raise RuntimeError(f"You provided multiple {name} dataloaders, but your `{step_name}` does not "
                            "accept `dataloader_idx`: add `dataloader_idx=0` to its signature")
+    counter = EvalCounter() if sanity else run.eval_batches.setdefault(run.fn, EvalCounter())
+    counter.current = 0
     prev_store = metrics.store
     store = metrics.store = ResultStore(training=False, runtime=loop.runtime)
     metrics.in_batch = False
@@ -60,6 +64,8 @@ def run_evaluation(loop: Any, fn: str, sanity: bool = False) -> list[dict[str, f
             out = loop._step(step_name, *args)
             hooks.callbacks_hook(f"on_{name}_batch_end", out, *args)
             hooks.module_hook(f"on_{name}_batch_end", out, *args)
+            counter.total += 1
+            counter.current += 1
             log = metrics.end_batch()
             if not sanity and log:
                 key = (run.status.fn, fn, dl_idx)
@@ -87,6 +93,11 @@ def run_evaluation(loop: Any, fn: str, sanity: bool = False) -> list[dict[str, f
             hooks.module_hook(f"on_{name}_model_train")
     metrics.store = prev_store
     store.reset()  # also resets logged torchmetrics objects, so the next run starts clean
+    if run.config.val_check_seconds is not None:  # a time interval counts from the end of the last evaluation
+        if loaders.val_deadline is None:
+            loaders.val_deadline = SharedDeadline(run.config.val_check_seconds)
+        else:
+            loaders.val_deadline.restart()
     return [{k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in out.items()}
             for out in outputs_per_loader]
 
@@ -106,6 +117,8 @@ def run_predict(loop: Any, return_predictions: bool) -> list | None:
         raise RuntimeError("You provided multiple predict dataloaders, but your `predict_step` does not accept "
                            "`dataloader_idx`")
     predictions: list[list[Any]] = [[] for _ in dls]
+    counter = run.eval_batches.setdefault("predict", EvalCounter())
+    counter.current = 0
     batches = sequential_lookahead([(lambda dl=dl: iter(dl)) for dl in dls], limits)
     grad_ctx = torch.inference_mode() if run.config.inference_mode else torch.no_grad()
     modes = {m: m.training for m in loop.module.modules()}
@@ -121,6 +134,8 @@ def run_predict(loop: Any, return_predictions: bool) -> list | None:
             out = loop._step("predict_step", *args)
             hooks.callbacks_hook("on_predict_batch_end", out, *args)
             hooks.module_hook("on_predict_batch_end", out, *args)
+            counter.total += 1
+            counter.current += 1
             if return_predictions:
                 predictions[dl_idx].append(out)
         hooks.both("on_predict_epoch_end")

@@ -186,6 +186,8 @@ class Loop:
             set_rng_state(resume["epoch_start_rng"])
         else:
             skip, st.epoch_batches = 0, 0
+            if "fit" in run.eval_batches:  # fit_loop's val_loop counts the batches validated per epoch
+                run.eval_batches["fit"].total = 0
             if resume is not None and resume.get("rng") is not None:
                 set_rng_state(resume["rng"])  # before the iterator exists: creating it draws a seed
         st.epoch_start_rng = rng_state()
@@ -214,7 +216,7 @@ class Loop:
         metrics.send_to_loggers(metrics.epoch_log_metrics(), default_step=st.batches_that_stepped - 1)
         run.train_store.reset()
         st.current_epoch += 1
-        st.epoch_batches = 0
+        run.last_epoch_batches, st.epoch_batches = st.epoch_batches, 0
         st.epoch_finished = False
         st.in_epoch = False
         self.update_lr_schedulers("epoch", plateau=True)
@@ -318,8 +320,6 @@ class Loop:
             if not accumulate:
                 self.hooks.module_hook("on_validation_model_zero_grad")
             run_evaluation(self, "validate")
-            if run.loaders.val_deadline is not None:
-                run.loaders.val_deadline.restart()  # a time interval counts from the end of the last validation
             run.status.stage = RunningStage.TRAINING
             self.metrics.store = run.train_store
         if not accumulate:

@@ -49,6 +49,8 @@ class Run:
         # fit starts from zero; validate/test/predict after a fit keep its counters (as Lightning's loops do)
         self.state = spec.state if spec.state is not None and spec.fn != "fit" else TrainState()
         self.eval_log_steps = {k: v for k, v in (spec.eval_log_steps or {}).items() if k[0] != spec.fn}
+        self.eval_batches = previous.eval_batches if previous is not None else {}  # fn -> EvalCounter
+        self.last_epoch_batches = 0  # batches of the last finished epoch (fit_loop's view until the next one)
         self.metrics = MetricsConnector(trainer)
         self.train_store = ResultStore(training=True, runtime=runtime)
         self.optimizers: list[Any] = []

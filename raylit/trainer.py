@@ -27,6 +27,7 @@ from raylit.loggers.base import Logger
 from raylit.module import LightningModule
 from raylit.precision import Precision
 from raylit.profilers import select_profiler
+from raylit.loops.progress import LoopViews
 from raylit.runtime import Runtime
 from raylit.strategies import Strategy
 from raylit.state import RunningStage, TrainerState, TrainerStatus
@@ -117,6 +118,8 @@ class Trainer:
         return trainer
 
     # --- settings (Lightning's plain attributes; assignable) --------------------------------------------------
+    # read-only progress views, as Lightning's loop objects (loops/progress.py)
+    fit_loop, validate_loop, test_loop, predict_loop = LoopViews(), LoopViews(), LoopViews(), LoopViews()
     fast_dev_run = _Setting()
     barebones = _Setting()
     max_epochs = _Setting()
@@ -407,7 +410,7 @@ class Trainer:
     def __getstate__(self) -> dict[str, Any]:
         # a pickled Trainer (e.g. inside a callback that keeps it) carries its settings, callbacks and loggers;
         # the live run (module, loaders, optimizers) stays behind
-        return {**self.__dict__, "_run": None}
+        return {**{k: v for k, v in self.__dict__.items() if k != "_loop_views"}, "_run": None}
 
     def _clone(self, **overrides: Any) -> "Trainer":
         """A new Trainer with the same constructor arguments, except ``overrides``."""

@@ -134,3 +134,144 @@ def test_test_prints_the_table_once_on_rank_zero(tmp_path, capsys, monkeypatch):
     trainer.test(M())
     out = capsys.readouterr().out
     assert out.count("Test metric") == 1 and "test_metric" in out and "0.5" in out
+
+
+# --- trainer.fit_loop: the progress user callbacks read -------------------------------------------------------
+def _progress_recorder(pl):
+    def snap(trainer, where):
+        fl = trainer.fit_loop
+        el, vl = fl.epoch_loop, fl.epoch_loop.val_loop
+        bp, ep, vp = el.batch_progress, fl.epoch_progress, vl.batch_progress
+        in_epoch = (fl.batch_idx, bp.current.ready, bp.current.completed)
+        return (where, fl.total_batch_idx, bp.total.ready, bp.total.completed, in_epoch, ep.total.ready,
+                ep.total.processed, ep.total.completed, vp.total.completed, vp.current.completed,
+                el._batches_that_stepped, el.global_step)
+
+    class Recorder(pl.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.seen.append(snap(trainer, "epoch_start"))
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append(snap(trainer, "batch_start"))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.seen.append(snap(trainer, "batch_end"))
+
+        def on_validation_start(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                self.seen.append(snap(trainer, "val_start"))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.seen.append(snap(trainer, "epoch_end"))
+
+        def on_fit_end(self, trainer, pl_module):
+            self.seen.append(snap(trainer, "fit_end"))
+
+    return Recorder
+
+
+@pytest.mark.parametrize("kwargs", [dict(val_check_interval=2, limit_train_batches=5, max_epochs=2),
+                                    dict(val_check_interval=3, check_val_every_n_epoch=None, max_steps=4,
+                                         limit_train_batches=4, accumulate_grad_batches=2)],
+                         ids=["per-epoch", "across-epochs-acc"])
+def test_fit_loop_progress_matches_lightning(kwargs, tmp_path):
+    """``trainer.fit_loop``'s counters (total/epoch batch index, batch and epoch progress, the validation
+    batches per epoch, batches that stepped) read the same as Lightning's at every training hook."""
+    seen = {}
+    for name in H.FRAMEWORKS:
+        pl = H.import_framework(name)
+        H.quiet_logging()
+        from_demo = _manual_model(pl)  # noqa: F841  (keeps the helper exercised under both frameworks)
+
+        class M(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.layer = nn.Linear(32, 2)
+
+            def training_step(self, batch, batch_idx):
+                return self.layer(batch).sum()
+
+            def validation_step(self, batch, batch_idx):
+                self.log("v", self.layer(batch).sum())
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+            def train_dataloader(self):
+                return H.loader(10)
+
+            def val_dataloader(self):
+                return H.loader(4)
+
+        rec = _progress_recorder(pl)()
+        trainer = _fit(pl, M(), tmp_path / name, callbacks=[rec], limit_val_batches=2,
+                       **{"max_epochs": -1, **kwargs})
+        assert trainer.fit_loop.max_steps == trainer.max_steps
+        seen[name] = rec.seen
+    assert seen["raylit"] == seen[H.REFERENCE]
+
+
+def test_fit_loop_limits_are_the_trainer_settings(tmp_path):
+    """``trainer.fit_loop.epoch_loop.max_steps += 1`` between fits raises the Trainer's max_steps, as in
+    Lightning; the views read zeros before any run."""
+    import raylit
+
+    trainer = raylit.Trainer(default_root_dir=tmp_path, max_steps=1, **QUIET)
+    assert trainer.fit_loop.total_batch_idx == -1 and trainer.fit_loop.epoch_progress.total.completed == 0
+    model = _manual_model(raylit)()
+    model.automatic_optimization = True
+    model.training_step = lambda batch, batch_idx: model.layer(batch).sum()
+    model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer.fit(model)
+    assert trainer.global_step == 1
+    trainer.fit_loop.epoch_loop.max_steps += 1
+    assert trainer.max_steps == 2 and trainer.fit_loop.max_steps == 2
+    trainer.fit_loop.max_epochs = 3
+    assert trainer.max_epochs == 3
+
+
+def test_time_based_validation_reads_the_clock_like_lightning(pl, tmp_path):
+    """``val_check_interval`` as a duration: the clock is read once when training starts, once per batch check
+    and once at the end of every evaluation (the sanity check too), and the progress bar does not read the
+    same clock, so a patched ``time.monotonic`` gives both frameworks the same validation points."""
+    calls = {"n": 0}
+
+    def fake_monotonic():
+        calls["n"] += 1
+        return float(calls["n"])
+
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(32, 2)
+            self.val_at = []
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).sum()
+
+        def validation_step(self, batch, batch_idx):
+            if not self.trainer.sanity_checking:
+                self.val_at.append(self.trainer.fit_loop.total_batch_idx)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return H.loader(4)
+
+        def val_dataloader(self):
+            return H.loader(2)
+
+    model = M()
+    with mock.patch("time.monotonic", side_effect=fake_monotonic):
+        trainer = pl.Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                             enable_model_summary=False, max_epochs=4, limit_val_batches=1,
+                             val_check_interval="00:00:00:03", check_val_every_n_epoch=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model)
+    assert model.val_at == [2, 5]
+    assert calls["n"] == 1 + 1 + 8 + 2

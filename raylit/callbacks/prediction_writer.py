@@ -64,10 +64,10 @@ class BasePredictionWriter(Callback):
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
         self._predictions = {}
-        self._indices = [] if hasattr(trainer, "predict_loop") else _batch_indices(trainer)
+        self._indices = [] if _lightning_predict_loop(trainer) is not None else _batch_indices(trainer)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        loop = getattr(trainer, "predict_loop", None)
+        loop = _lightning_predict_loop(trainer)
         if self.interval.on_epoch and loop is None:
             # The Trainer does not keep predictions for us: keep our own copy (on CPU, like Lightning).
             self._predictions.setdefault(dataloader_idx, []).append(_to_cpu(outputs))
@@ -82,7 +82,7 @@ class BasePredictionWriter(Callback):
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         if not self.interval.on_epoch:
             return
-        loop = getattr(trainer, "predict_loop", None)
+        loop = _lightning_predict_loop(trainer)
         if loop is not None:
             predictions, indices = loop.predictions, loop.epoch_batch_indices
         else:
@@ -94,6 +94,13 @@ class BasePredictionWriter(Callback):
             ]
         self.write_on_epoch_end(trainer, pl_module, predictions, indices)
         self._predictions = {}
+
+
+def _lightning_predict_loop(trainer) -> Any:
+    """Lightning's prediction loop, which keeps predictions and batch indices itself (this callback also runs
+    under a Lightning Trainer); raylit's ``trainer.predict_loop`` is a progress view without them."""
+    loop = getattr(trainer, "predict_loop", None)
+    return loop if hasattr(loop, "current_batch_indices") else None
 
 
 def _batch_indices(trainer) -> list[list[list[int]]]:

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from rich.progress import Progress, Task, TaskID
     from rich.style import Style
 
+# the bar's clock is bound at import, as rich binds its own: code that patches ``time.monotonic`` to drive a
+# time-based cadence (val_check_interval as a duration) sees only the loop's readings, not the bar's redraws
+_clock = time.monotonic
+
+
 _RICH_AVAILABLE = importlib.util.find_spec("rich") is not None
 
 
@@ -166,6 +171,7 @@ class RichProgressBar(ProgressBar):
             self._metric_component,
             auto_refresh=False,
             console=self._console,
+            get_time=_clock,
         )
         self.progress.start()
         self._progress_stopped = False
@@ -179,7 +185,7 @@ class RichProgressBar(ProgressBar):
         """Redraw if ``hard`` or if ``1 / refresh_rate`` seconds have passed since the last redraw."""
         if self.progress is None or self._progress_stopped:
             return
-        now = time.monotonic()
+        now = _clock()
         if hard or now - self._last_refresh >= 1.0 / max(self.refresh_rate, 1e-9):
             self._last_refresh = now
             self.progress.refresh()
@@ -194,7 +200,7 @@ class RichProgressBar(ProgressBar):
         if n == self._totals.get(task_id):
             return True
         # rich draws nothing mid-run on a non-terminal console (a log file, a pipe): no redraw is ever due.
-        return self._console_redraws and time.monotonic() - self._last_refresh >= 1.0 / self.refresh_rate
+        return self._console_redraws and _clock() - self._last_refresh >= 1.0 / self.refresh_rate
 
     def _add_task(self, total: float, description: str, visible: bool = True) -> "TaskID":
         assert self.progress is not None
