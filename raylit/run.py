@@ -20,6 +20,7 @@ from raylit.hooks import HookDispatcher
 from raylit.loaders import Loaders
 from raylit.loop import Loop
 from raylit.loops import evaluation_loop
+from raylit.loops.progress import EvalCounter
 from raylit.metrics import MetricsConnector
 from raylit.module import LightningModule
 from raylit.optim import LightningOptimizer, is_torch_scheduler, normalize_configure_optimizers
@@ -273,6 +274,8 @@ class Run:
             "state": {k: getattr(self.state, k) for k in ("current_epoch", "global_step", "batches_that_stepped",
                                                           "total_batches", "should_stop")},
             "num_training_batches": self.loaders.num_training_batches,
+            "progress": {"eval": {fn: (c.total, c.current) for fn, c in self.eval_batches.items()},
+                         "last_epoch_batches": self.last_epoch_batches},
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.trainer.callbacks if cb.state_dict()},
         }
 
@@ -289,6 +292,11 @@ class Run:
         for k, v in results["state"].items():
             setattr(self.state, k, v)
         self.loaders.num_training_batches = results.get("num_training_batches", self.loaders.num_training_batches)
+        progress = results.get("progress", {})
+        for fn, (total, current) in progress.get("eval", {}).items():
+            counter = self.eval_batches.setdefault(fn, EvalCounter())
+            counter.total, counter.current = total, current
+        self.last_epoch_batches = progress.get("last_epoch_batches", 0)
         self.status.status = TrainerStatus.FINISHED
         states = results.get("callbacks", {})
         for cb in self.trainer.callbacks:

@@ -336,6 +336,11 @@ def test_fit_two_nodes_ddp_parity(ray_cluster, tmp_path, monkeypatch, capsys) ->
 
     _assert_close_params(model, reference)  # the user's object holds the trained weights
     assert (trainer.global_step, trainer.current_epoch) == (ref_trainer.global_step, 2) == (4, 2)
+    # the progress views read the workers' counters on the driver, as they read the in-process run's
+    for fl in (trainer.fit_loop, ref_trainer.fit_loop):
+        progress = fl.epoch_loop.batch_progress
+        assert fl.epoch_progress.total.completed == 2 and fl.epoch_loop._batches_that_stepped == 4
+        assert (progress.total.completed, progress.current.completed, fl.total_batch_idx) == (8, 4, 7)
     m = trainer.callback_metrics
     assert m["train_count"].item() == 32  # per epoch: each of the 32 samples exactly once
     assert m["train_idx_sum"].item() == sum(range(32))
