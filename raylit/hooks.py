@@ -142,3 +142,9 @@ class HookDispatcher:
         if name in self._lm_skip:
             return args[0]
         return self.module_hook(name, *args)
+
+
+def prepares_data(obj: Any, local_rank: int, node_rank: int) -> bool:
+    """Whether this process calls ``obj.prepare_data()``: local rank 0 of every node, or only node 0's when
+    ``obj.prepare_data_per_node`` is False (e.g. a download to shared storage)."""
+    return local_rank == 0 and (getattr(obj, "prepare_data_per_node", True) or node_rank == 0)

@@ -16,7 +16,7 @@ from raylit import checkpoint as ckpt_io
 from raylit.callbacks.base import Callback, running_module
 from raylit.callbacks.timer import Timer
 from raylit.evaluation import run_evaluation, run_predict
-from raylit.hooks import HookDispatcher
+from raylit.hooks import HookDispatcher, prepares_data
 from raylit.loaders import Loaders
 from raylit.loop import Loop
 from raylit.loops import evaluation_loop
@@ -125,10 +125,8 @@ class Run:
                                "limit, set `max_epochs=-1`.", category=PossibleUserWarning)
         self._merge_model_callbacks()
         hooks = self.hooks
-        # once per node, or once in all (prepare_data_per_node=False: e.g. a download to shared storage)
         for obj, call in ((self.datamodule, hooks.datamodule_hook), (module, hooks.module_hook)):
-            if obj is not None and (runtime.local_rank if getattr(obj, "prepare_data_per_node", True)
-                                    else runtime.global_rank) == 0:
+            if obj is not None and prepares_data(obj, runtime.local_rank, runtime.node_rank):
                 call("prepare_data")
         runtime.barrier("prepare_data")
         hooks.datamodule_hook("setup", stage=fn)  # by keyword, as Lightning calls them

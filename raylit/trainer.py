@@ -27,6 +27,7 @@ from raylit.loggers.base import Logger
 from raylit.module import LightningModule
 from raylit.precision import Precision
 from raylit.profilers import select_profiler
+from raylit.loops import attached
 from raylit.loops.progress import LoopViews
 from raylit.runtime import Runtime
 from raylit.strategies import Strategy
@@ -375,6 +376,11 @@ class Trainer:
             model_given=model_given, compile=compile_kwargs, state=previous.state if previous else None,
             eval_log_steps=previous.eval_log_steps if previous else None, trainer_cls=type(self),
             **{k: v for k, v in options.items() if v is not None or k == "weights_only"})
+
+    # Lightning's way to attach a model and data without running (raylit/loops/attached.py)
+    _connect = attached.connect
+    _data_connector = property(attached.DataConnector)
+    _setup_data = attached.setup_data
 
     def _launch_ray(self, spec: RunSpec) -> Any:
         from raylit.launch.ray import launch

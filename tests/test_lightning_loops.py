@@ -275,3 +275,89 @@ def test_time_based_validation_reads_the_clock_like_lightning(pl, tmp_path):
             trainer.fit(model)
     assert model.val_at == [2, 5]
     assert calls["n"] == 1 + 1 + 8 + 2
+
+
+# --- a model attached without running: strategy.connect, _data_connector, <loop>.setup_data -----------------
+@pytest.mark.parametrize("stage", ["val", "test", "predict"])
+@pytest.mark.parametrize("limit", [0.25, 3])
+def test_setup_data_on_an_attached_model(pl, stage, limit, tmp_path):
+    """``trainer.strategy.connect(model)`` + ``_data_connector.attach_dataloaders(model)`` +
+    ``trainer.<stage>_loop.setup_data()`` loads that stage's dataloaders without running anything: the batch
+    counts and loaders read as after a run."""
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(32, 2)
+
+        def validation_step(self, batch, batch_idx):
+            pass
+
+        test_step = predict_step = validation_step
+
+        def val_dataloader(self):
+            return H.loader(16)
+
+        test_dataloader = predict_dataloader = val_dataloader
+
+    model = M()
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, **{f"limit_{stage}_batches": limit})
+    model.trainer = trainer
+    trainer.strategy.connect(model)
+    trainer._data_connector.attach_dataloaders(model)
+    loop = {"val": trainer.validate_loop, "test": trainer.test_loop, "predict": trainer.predict_loop}[stage]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loop.setup_data()
+    assert trainer.state.fn is None and not trainer.training
+    trainer.state.fn = "validate" if stage == "val" else None  # Lightning counts val batches for the running fn
+    counts = {"val": trainer.num_val_batches, "test": trainer.num_test_batches,
+              "predict": trainer.num_predict_batches}[stage]
+    loaders = {"val": trainer.val_dataloaders, "test": trainer.test_dataloaders,
+               "predict": trainer.predict_dataloaders}[stage]
+    assert counts == [2 if limit == 0.25 else 3]
+    assert len(loaders) == 8 and trainer.lightning_module is model
+
+
+def test_checkpoint_of_an_attached_model(pl, tmp_path):
+    """``save_checkpoint`` after ``strategy.connect`` writes the untrained model with Lightning's keys and the
+    attached datamodule's state under its class name."""
+    class DM(pl.LightningDataModule):
+        def state_dict(self):
+            return {"foo": "bar"}
+
+    model = _manual_model(pl)()
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET)
+    trainer.strategy.connect(model)
+    dm = DM()
+    trainer._data_connector.attach_data(model, datamodule=dm)
+    path = tmp_path / "attached.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    assert set(ckpt) >= {"epoch", "global_step", "state_dict", "loops", "callbacks", "optimizer_states",
+                         "lr_schedulers", "pytorch-lightning_version", type(dm).__qualname__}
+    assert ckpt[type(dm).__qualname__] == {"foo": "bar"} and (ckpt["epoch"], ckpt["global_step"]) == (0, 0)
+    assert torch.equal(ckpt["state_dict"]["layer.weight"], model.layer.weight)
+
+
+@pytest.mark.parametrize("per_node", [True, False])
+def test_prepare_data_ranks(pl, per_node):
+    """``trainer._data_connector.prepare_data()`` calls the datamodule's ``prepare_data`` on local rank 0 of
+    every node, or on node 0 only when ``prepare_data_per_node=False`` (the rule a run follows too)."""
+    class DM(pl.LightningDataModule):
+        calls = 0
+
+        def prepare_data(self):
+            DM.calls += 1
+
+    dm = DM()
+    dm.prepare_data_per_node = per_node
+    trainer = pl.Trainer(logger=False)
+    trainer.datamodule = dm
+    called = []
+    for node, local in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        with mock.patch.object(type(trainer), "local_rank", new_callable=mock.PropertyMock, return_value=local), \
+                mock.patch.object(type(trainer), "node_rank", new_callable=mock.PropertyMock, return_value=node):
+            before = DM.calls
+            trainer._data_connector.prepare_data()
+            called.append(DM.calls - before)
+    assert called == ([1, 0, 1, 0] if per_node else [1, 0, 0, 0])

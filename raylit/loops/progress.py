@@ -76,6 +76,10 @@ class _EvalLoopView:
     def __init__(self, trainer: Any, fn: str) -> None:
         self._trainer, self._fn = trainer, fn
 
+    def setup_data(self) -> None:
+        """Load this stage's dataloaders into the attached run (``trainer.strategy.connect(model)`` first)."""
+        self._trainer._setup_data(self._fn)
+
     @property
     def batch_progress(self) -> Progress:
         c = _counter(self._trainer, self._fn)
@@ -145,6 +149,10 @@ class _FitLoopView:
     def __init__(self, trainer: Any) -> None:
         self._trainer = trainer
         self.epoch_loop = _TrainingEpochLoopView(trainer)
+
+    def setup_data(self) -> None:
+        """Load the training (and validation) dataloaders into the attached run."""
+        self._trainer._setup_data("fit")
 
     @property
     def epoch_progress(self) -> Progress:

@@ -67,6 +67,10 @@ class Strategy:
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         return self._trainer._runtime.all_gather(tensor)
 
+    def connect(self, model: Any) -> None:
+        """Attach ``model`` to the Trainer without running anything (see ``raylit.loops.attached``)."""
+        self._trainer._connect(model)
+
     def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The backward pass of the current run, as ``LightningModule.manual_backward`` makes it: precision
         scaling, ``on_before_backward``, the module's ``backward`` hook, ``on_after_backward``."""
