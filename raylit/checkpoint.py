@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from raylit import fs
+from raylit.state import raylit_section
 from raylit.utilities.exceptions import MisconfigurationException
 
 LIGHTNING_VERSION_TAG = "2.6.0"
@@ -130,7 +131,7 @@ def dump_checkpoint(run: Any, weights_only: bool = False) -> dict[str, Any]:
         ckpt["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in run.lr_scheduler_configs]
         if run.precision.scaler is not None:
             ckpt["MixedPrecision"] = run.precision.state_dict()
-        ckpt["raylit"] = run.resume_state()
+        raylit_section(ckpt, create=True).update(run.resume_state())
     _put_hparams(ckpt, module, module.CHECKPOINT_HYPER_PARAMS_NAME, module.CHECKPOINT_HYPER_PARAMS_KEY,
                  module.CHECKPOINT_HYPER_PARAMS_TYPE)
     dm = run.datamodule

@@ -31,7 +31,7 @@ from typing import Any
 from raylit.callbacks.base import Callback
 from raylit.datamodule import LightningDataModule
 from raylit.module import LightningModule
-from raylit.utilities.model_helpers import overrides
+from raylit.utilities.model_helpers import is_overridden, overrides
 
 _NO_PROFILE = nullcontext()
 
@@ -137,7 +137,7 @@ class HookDispatcher:
     def data_hook(self, name: str, *args: Any) -> Any:
         """A data hook (transfer hooks): the datamodule's when it overrides it, else the module's."""
         dm = self.datamodule
-        if dm is not None and overrides(dm, name, self._dm_base):
+        if dm is not None and is_overridden(name, dm, self._dm_base):  # Lightning decides with is_overridden
             return self.datamodule_hook(name, *args)
         if name in self._lm_skip:
             return args[0]

@@ -14,7 +14,7 @@ from raylit.hparams import HyperparametersMixin
 from raylit.saving import hparams_from_checkpoint, init_kwargs_from_hparams
 from raylit.utilities.apply_func import move_data_to_device
 from raylit.utilities.exceptions import MisconfigurationException
-from raylit.utilities.model_helpers import overrides
+from raylit.utilities.model_helpers import is_overridden, overrides
 from raylit.utilities.rank_zero import rank_zero_warn
 
 
@@ -382,7 +382,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         ckpt = load_checkpoint_file(checkpoint_path, map_location=map_location, weights_only=weights_only)
         hparams = hparams_from_checkpoint(ckpt, cls.CHECKPOINT_HYPER_PARAMS_KEY, hparams_file)
         model = cls(**init_kwargs_from_hparams(cls, hparams, kwargs, ckpt, cls.CHECKPOINT_HYPER_PARAMS_NAME))
-        if overrides(model, "configure_model", LightningModule):
+        if is_overridden("configure_model", model, LightningModule):
             model.configure_model()
         model.on_load_checkpoint(ckpt)
         if strict is not None and model._strict_loading is not None and strict != model.strict_loading:

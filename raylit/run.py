@@ -31,7 +31,7 @@ from raylit.result_store import ResultStore
 from raylit.state import RunningStage, TrainerFn, TrainerState, TrainerStatus, TrainState
 from raylit.trainer_args import reorder_callbacks
 from raylit.utilities.exceptions import MisconfigurationException
-from raylit.utilities.model_helpers import overrides
+from raylit.utilities.model_helpers import is_overridden, overrides
 from raylit.utilities.rank_zero import rank_zero_warn
 from raylit.utilities.warnings import PossibleUserWarning
 
@@ -132,7 +132,7 @@ class Run:
         hooks.datamodule_hook("setup", stage=fn)  # by keyword, as Lightning calls them
         hooks.callbacks_hook("setup", stage=fn)
         hooks.module_hook("setup", stage=fn)
-        if overrides(module, "configure_model", LightningModule):
+        if is_overridden("configure_model", module, LightningModule):
             with self.precision.init_context():
                 hooks.module_hook("configure_model")
         path = ckpt_io.resolve_ckpt_path(self.trainer, spec.ckpt_path, fn, spec.model_given)

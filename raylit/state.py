@@ -104,7 +104,7 @@ class TrainState:
         return out
 
     def restore(self, ckpt: dict[str, Any], rank: int = 0, world_size: int = 1) -> None:
-        saved = ckpt.get("raylit")
+        saved = raylit_section(ckpt)
         if saved is None:
             saved = _from_lightning_loops(ckpt)
         elif len(saved.get("rng_per_rank") or []) == world_size:
@@ -143,3 +143,16 @@ def _from_lightning_loops(ckpt: dict[str, Any]) -> dict[str, Any]:
         "epoch_finished": finished,
         "scheduler_steps": ((fit.get("epoch_loop.scheduler_progress") or {}).get("total") or {}).get("completed", 0),
     }
+
+
+def raylit_section(ckpt: dict[str, Any], create: bool = False) -> dict[str, Any] | None:
+    """raylit's own resume state inside a Lightning checkpoint: ``ckpt["loops"]["fit_loop"]["state_dict"]
+    ["raylit"]``, where Lightning keeps a loop's custom state and ignores keys it does not know, so the
+    checkpoint has exactly Lightning's top-level keys. Checkpoints of earlier raylit versions kept it at
+    ``ckpt["raylit"]``; they are still read. ``create=True`` makes the section when it is missing."""
+    if not create and "raylit" in ckpt:
+        return ckpt["raylit"]
+    loops = ckpt.setdefault("loops", {}) if create else (ckpt.get("loops") or {})
+    fit = loops.setdefault("fit_loop", {}) if create else (loops.get("fit_loop") or {})
+    sd = fit.setdefault("state_dict", {}) if create else (fit.get("state_dict") or {})
+    return sd.setdefault("raylit", {}) if create else sd.get("raylit")

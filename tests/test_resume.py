@@ -8,6 +8,7 @@ import torch
 from test_engine import QUIET, DropoutModel, _Crash, _fit_uninterrupted, _weights
 
 import raylit
+import raylit.testing
 from raylit.resume import ResumeCheckpoint, latest_resume_checkpoint, list_resume_checkpoints
 
 
@@ -100,3 +101,42 @@ def test_bad_arguments():
         ResumeCheckpoint(every_n_train_steps=0)
     with pytest.raises(ValueError, match="keep=0"):
         ResumeCheckpoint(keep=0)
+
+
+def test_checkpoint_keys_are_lightnings_and_old_layout_still_resumes(tmp_path):
+    """A raylit checkpoint has exactly Lightning's top-level keys: raylit's resume state (RNG streams, the
+    position inside the epoch) lives in ``loops.fit_loop.state_dict.raylit``, where Lightning keeps a loop's own
+    state. A checkpoint of an earlier raylit (that state at the top level, ``ckpt["raylit"]``) resumes exactly
+    the same."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.demos.boring_classes import BoringModel as LightningBoring
+
+    full, _ = _fit_uninterrupted(tmp_path)
+    keys = {}
+    for name, fw in (("lightning", pl), ("raylit", raylit)):
+        trainer = fw.Trainer(max_epochs=1, limit_train_batches=2, default_root_dir=str(tmp_path / name),
+                             enable_progress_bar=False, enable_model_summary=False, logger=False)
+        model = raylit.testing.BoringModel() if fw is raylit else LightningBoring()
+        trainer.fit(model)
+        keys[name] = set(torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False))
+    assert keys["raylit"] == keys["lightning"]
+
+    rc = ResumeCheckpoint(dirpath=str(tmp_path / "r"), every_n_train_steps=7, every_n_seconds=None)
+    raylit.seed_everything(0, verbose=False)
+    with pytest.raises(_Crash):
+        raylit.Trainer(max_epochs=3, callbacks=[rc, CrashAt(7)], enable_checkpointing=False,
+                       default_root_dir=str(tmp_path / "run"), **QUIET).fit(DropoutModel())
+    path = latest_resume_checkpoint(rc.dirpath)
+    ckpt = torch.load(path, weights_only=False)
+    section = ckpt["loops"]["fit_loop"]["state_dict"].pop("raylit")
+    assert "rng" in section and "raylit" not in ckpt
+    ckpt["raylit"] = section  # the old layout
+    torch.save(ckpt, path)
+    raylit.seed_everything(555, verbose=False)
+    model = DropoutModel()
+    trainer = raylit.Trainer(max_epochs=3, enable_checkpointing=False, default_root_dir=str(tmp_path / "run"),
+                             **QUIET)
+    trainer.fit(model, ckpt_path=path)
+    assert trainer.global_step == 30
+    for k, v in _weights(full).items():
+        assert torch.equal(v, model.state_dict()[k]), k

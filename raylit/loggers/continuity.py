@@ -13,6 +13,7 @@ from typing import Any
 from raylit.callbacks.base import Callback
 from raylit.loggers.csv_logs import CSVLogger
 from raylit.loggers.tensorboard import TensorBoardLogger
+from raylit.state import raylit_section
 
 
 def _csv_rows(path: str) -> list[list[str]]:
@@ -83,10 +84,10 @@ class LoggerContinuity(Callback):
         # epoch row then holds the same value as in an uninterrupted run.
         everyone = trainer._runtime.all_gather_object(trainer._run.train_store.state_dict())
         state = {**self._rank_zero_state(), "train_store_per_rank": everyone}
-        checkpoint.setdefault("raylit", {})[self.state_key] = state
+        raylit_section(checkpoint, create=True)[self.state_key] = state
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        self._restore((checkpoint.get("raylit") or {}).get(self.state_key) or {})
+        self._restore((raylit_section(checkpoint) or {}).get(self.state_key) or {})
 
     # --- restore ----------------------------------------------------------------------------------------------
     def _restore(self, state: dict[str, Any]) -> None:

@@ -34,7 +34,24 @@ def is_overridden(method_name: str, instance: Any = None, parent: type | None = 
         if parent is None:
             raise ValueError(f"Expected a raylit LightningModule, LightningDataModule or Callback defining "
                              f"`{method_name}`, got {type(instance).__qualname__}")
-    return overrides(instance, method_name, parent)
+    return _lightning_overrides(instance, method_name, parent)
+
+
+def _lightning_overrides(obj: Any, name: str, base: type) -> bool:
+    """``is_overridden``'s rule, for the decisions Lightning takes with it (whether a datamodule's batch-transfer
+    hooks or ``configure_model`` are called): a wrapper counts as what it wraps (``__wrapped__`` first, so a
+    ``partial`` made with ``update_wrapper`` around the default is not an override, nor one around None)."""
+    impl = getattr(obj, name, None)
+    if impl is not None and hasattr(impl, "__wrapped__"):
+        impl = impl.__wrapped__
+    if isinstance(impl, functools.partial):
+        impl = impl.func
+    if impl is None:
+        return False
+    base_impl = getattr(base, name, None)
+    if base_impl is None:
+        return True
+    return getattr(impl, "__code__", impl) is not getattr(base_impl, "__code__", base_impl)
 
 
 def _unwrap(fn: Any) -> Any:
