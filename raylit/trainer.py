@@ -380,6 +380,7 @@ class Trainer:
     # Lightning's way to attach a model and data without running (raylit/loops/attached.py)
     _connect = attached.connect
     _data_connector = property(attached.DataConnector)
+    _checkpoint_connector = property(attached.CheckpointConnector)
     _setup_data = attached.setup_data
 
     def _launch_ray(self, spec: RunSpec) -> Any:

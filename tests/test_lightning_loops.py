@@ -361,3 +361,46 @@ def test_prepare_data_ranks(pl, per_node):
             trainer._data_connector.prepare_data()
             called.append(DM.calls - before)
     assert called == ([1, 0, 1, 0] if per_node else [1, 0, 0, 0])
+
+
+def test_restore_modules_and_callbacks_from_a_path(pl, tmp_path):
+    """``trainer._checkpoint_connector._restore_modules_and_callbacks(path)`` after a fit loads the weights and
+    the datamodule's state from that checkpoint."""
+    class DM(pl.LightningDataModule):
+        def __init__(self):
+            super().__init__()
+            self.my_state = None
+
+        def train_dataloader(self):
+            return H.loader(4)
+
+        def state_dict(self):
+            return {"my": "state"}
+
+        def load_state_dict(self, state):
+            self.my_state = state
+
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(32, 2)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm, model = DM(), M()
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=1, enable_progress_bar=False, logger=False,
+                         enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, datamodule=dm)
+    path = trainer.checkpoint_callback.best_model_path
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.layer.weight.zero_()
+    trainer._checkpoint_connector._restore_modules_and_callbacks(path)
+    assert dm.my_state == {"my": "state"}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())

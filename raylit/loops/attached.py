@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from raylit import checkpoint as ckpt_io
 from raylit.hooks import prepares_data
 from raylit.launch.local import build_run
 from raylit.state import TrainerStatus
@@ -91,3 +92,25 @@ def setup_data(trainer: Any, fn: str) -> None:
 
 def _given(run: Any, fn: str) -> Any:
     return run.loaders.given.get(fn)
+
+
+class CheckpointConnector:
+    """``trainer._checkpoint_connector``: the checkpoint calls tools make on an attached or finished run."""
+
+    def __init__(self, trainer: Any) -> None:
+        self._trainer = trainer
+
+    def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
+        return ckpt_io.dump_checkpoint(self._run(), weights_only)
+
+    def _restore_modules_and_callbacks(self, checkpoint_path: Any = None) -> None:
+        """Load the module's weights, the datamodule's and the callbacks' state from ``checkpoint_path``."""
+        if checkpoint_path is not None:
+            ckpt_io.restore_model_and_callbacks(self._run(), ckpt_io.load_checkpoint_file(checkpoint_path))
+
+    def _run(self) -> Any:
+        run = self._trainer._run
+        if run is None:
+            raise RuntimeError("No model is attached to the Trainer: call `trainer.strategy.connect(model)` or run "
+                               "`trainer.fit/validate/test/predict` first")
+        return run
