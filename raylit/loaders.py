@@ -88,8 +88,10 @@ class Loaders:
         ranks): a warning when a loader (or the combined training data) is empty everywhere, an error when only
         this rank's is, a warning for an ``IterableDataset`` that defines ``__len__``."""
         run, trainer = self.run, self.run.trainer
-        allow_zero = any(getattr(owner, "allow_zero_length_dataloader_with_multiple_devices", False)
-                         for owner in (run.module, run.datamodule) if owner is not None)
+        # predict shards every sample exactly once (raylit/distributed/samplers.py): a rank may get none
+        allow_zero = stage == "predict" or any(
+            getattr(owner, "allow_zero_length_dataloader_with_multiple_devices", False)
+            for owner in (run.module, run.datamodule) if owner is not None)
         for leaf in loader.flattened if isinstance(loader, CombinedLoader) else [loader]:
             has_len_all_ranks(leaf, trainer.strategy, allow_zero)
         if stage == "train":  # Lightning also checks the CombinedLoader it wraps the training data in
