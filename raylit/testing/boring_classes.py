@@ -187,26 +187,25 @@ def build_demo_classes(
             return DataLoader(self.random_predict)
 
     class _PerStageDataModule(datamodule_base):
-        """Datasets made by ``setup(stage)`` from ``_sizes`` (fit makes train and val, validate val, ...);
-        each ``*_dataloader`` wraps them in batch-size-1 DataLoaders (a list of them for a list of datasets)."""
+        """Datasets made by ``setup(stage)`` (fit makes train and val, validate val, ...) and kept in the
+        attribute ``_attribute.format(part)``; each ``*_dataloader`` wraps them in batch-size-1 DataLoaders (a
+        list of them for a list of datasets)."""
 
-        _sizes: dict[str, Any] = {}
+        _sizes: dict[str, int] = {}
+        _attribute = "{}"
 
-        def _make(self, size: Any) -> Any:
+        @staticmethod
+        def _make(size: int) -> Any:
             raise NotImplementedError
 
         def setup(self, stage: str) -> None:
             stage = getattr(stage, "value", stage)
-            made = {"fit": ("train", "val"), "validate": ("val",)}.get(stage, (stage,))
-            for part in made:
+            for part in {"fit": ("train", "val"), "validate": ("val",)}.get(stage, (stage,)):
                 if part in self._sizes:
-                    setattr(self, self._attribute(part), self._make(self._sizes[part]))
-
-        def _attribute(self, part: str) -> str:
-            raise NotImplementedError
+                    setattr(self, self._attribute.format(part), self._make(self._sizes[part]))
 
         def _loaders(self, part: str) -> Any:
-            data = getattr(self, self._attribute(part))
+            data = getattr(self, self._attribute.format(part))
             return [DataLoader(d) for d in data] if isinstance(data, list) else DataLoader(data)
 
         def train_dataloader(self) -> Any:
@@ -226,11 +225,10 @@ def build_demo_classes(
         for training, 128 for validation, 256 for test and 64 for predict."""
 
         _sizes = {"train": 512, "val": 128, "test": 256, "predict": 64}
+        _attribute = "random_{}"
 
-        def _attribute(self, part: str) -> str:
-            return f"random_{part}"
-
-        def _make(self, size: Any) -> Any:
+        @staticmethod
+        def _make(size: int) -> Any:
             return RandomIterableDataset(32, size)
 
     class IterableBoringDataModule(_PerStageDataModule):
@@ -238,11 +236,10 @@ def build_demo_classes(
         training, 32 for validation, 64 for test, 128 for predict); each hook returns a list of two loaders."""
 
         _sizes = {"train": 16, "val": 32, "test": 64, "predict": 128}
+        _attribute = "{}_datasets"
 
-        def _attribute(self, part: str) -> str:
-            return f"{part}_datasets"
-
-        def _make(self, size: Any) -> Any:
+        @staticmethod
+        def _make(size: int) -> Any:
             return [RandomDataset(4, size), RandomIterableDataset(4, size)]
 
     classes = SimpleNamespace(
