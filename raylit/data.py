@@ -30,8 +30,8 @@ def limit_batches(loader: Any, limit: int | float, name: str) -> int | float:
         if limit == 0.0:
             return 0
         raise MisconfigurationException(
-            f"When using an iterable without `__len__` for `limit_{name}_batches`, it must be 1.0 or an int; "
-            f"got {limit}")
+            f"When using an `IterableDataset`, `Trainer(limit_{name}_batches)` must be `1.0` or an int. An int "
+            f"specifies `num_{name}_batches` to use.")
     used = int(n * limit)
     if used == 0 and limit > 0.0 and n > 0:
         min_pct = 1.0 / n
@@ -62,10 +62,14 @@ def as_train_loader(obj: Any) -> Any:
                 "Several training loaders including a Ray Dataset are not supported: a CombinedLoader needs "
                 "lengths; merge the datasets with ray.data (union/zip) into one RayDataLoader instead")
         return CombinedLoader(obj, "max_size_cycle")
-    if isinstance(obj, CombinedLoader) and obj.mode == "sequential":
-        raise ValueError("`FitLoop` does not support the `sequential` mode of a CombinedLoader: use "
-                         "'max_size_cycle', 'max_size' or 'min_size' for training")
     return as_loader(obj)
+
+
+def check_train_mode(loader: Any) -> None:
+    """Training refuses a sequential CombinedLoader (Lightning raises once the training data is sized)."""
+    if isinstance(loader, CombinedLoader) and loader.mode == "sequential":
+        raise ValueError('`_FitLoop` does not support the `CombinedLoader(mode="sequential")` mode. The available '
+                         "modes are: ['min_size', 'max_size_cycle', 'max_size']")
 
 
 def train_batches(loader: Any) -> Any:

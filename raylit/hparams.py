@@ -15,14 +15,17 @@ from raylit.utilities.parsing import AttributeDict
 
 def _init_args_from_frames(frame: types.FrameType | None) -> dict[str, Any]:
     """The arguments of the ``__init__`` calls on the stack, collected as Lightning does: from the caller
-    outwards, the consecutive frames of methods of HyperparametersMixin classes (the class's own ``__init__``,
-    its subclasses' — and an enclosing module's, when a module is built inside another's ``__init__``); an
-    outer call's value wins. Frames before the first such method (a decorator's) are skipped."""
+    outwards, the consecutive frames of methods (those that use ``super()``/``__class__``) whose ``self`` is a
+    HyperparametersMixin — the class's own ``__init__``, its subclasses' and mixins' (a mixin need not derive from
+    LightningModule), and an enclosing module's when a module is built inside another's ``__init__``; an outer
+    call's value wins. Frames before the first such method (a decorator's) are skipped; ``*args``/``**kwargs``
+    themselves are not arguments (the keywords in ``**kwargs`` are)."""
     collected: list[dict[str, Any]] = []
     while frame is not None and frame.f_back is not None:
-        cls = frame.f_locals.get("__class__")
-        if isinstance(cls, type) and issubclass(cls, HyperparametersMixin):
-            collected.append(_frame_args(frame))
+        local = frame.f_locals
+        self_obj, args = _frame_args(frame) if "__class__" in local else (None, {})
+        if isinstance(self_obj, HyperparametersMixin):
+            collected.append(args)
         elif collected:
             break
         frame = frame.f_back
@@ -32,14 +35,18 @@ def _init_args_from_frames(frame: types.FrameType | None) -> dict[str, Any]:
     return merged
 
 
-def _frame_args(frame: types.FrameType) -> dict[str, Any]:
+def _frame_args(frame: types.FrameType) -> tuple[Any, dict[str, Any]]:
+    """``(self, {argument: value})`` of an ``__init__`` frame; ``(None, {})`` for any other method."""
     code, local = frame.f_code, frame.f_locals
-    names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    if code.co_name != "__init__" or code.co_argcount == 0:
+        return None, {}
+    n_named = code.co_argcount + code.co_kwonlyargcount
+    names = code.co_varnames[:n_named]
     args = {n: local[n] for n in names[1:] if n in local}
     if code.co_flags & inspect.CO_VARKEYWORDS:
-        var_kw = code.co_varnames[code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)]
+        var_kw = code.co_varnames[n_named + bool(code.co_flags & inspect.CO_VARARGS)]
         args.update(local.get(var_kw) or {})
-    return args
+    return local.get(names[0]), args
 
 
 _PRIMITIVES = (bool, int, float, str)

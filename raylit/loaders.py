@@ -12,12 +12,13 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from raylit.data import as_eval_list, as_train_loader, limit_batches, without_shuffle
+from raylit.data import as_eval_list, as_train_loader, check_train_mode, limit_batches, without_shuffle
 from raylit.datamodule import LightningDataModule
 from raylit.module import LightningModule
 from raylit.state import TrainerFn
 from raylit.utilities.clock import SharedDeadline
 from raylit.utilities.combined_loader import CombinedLoader
+from raylit.utilities.data import has_len_all_ranks
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.model_helpers import overrides
 from raylit.utilities.rank_zero import rank_zero_warn
@@ -79,7 +80,23 @@ class Loaders:
             shuffle = False if overfit else None
             loader = loader.shard(run.runtime, stage, shuffle) if isinstance(loader, CombinedLoader) else \
                 run.runtime.setup_dataloader(loader, stage, shuffle=shuffle)
+        self._check_lengths(loader, stage)
         return loader
+
+    def _check_lengths(self, loader: Any, stage: str) -> None:
+        """Lightning's length checks of freshly loaded data, on every rank together (lengths are summed across
+        ranks): a warning when a loader (or the combined training data) is empty everywhere, an error when only
+        this rank's is, a warning for an ``IterableDataset`` that defines ``__len__``."""
+        run, trainer = self.run, self.run.trainer
+        # predict shards every sample exactly once (raylit/distributed/samplers.py): a rank may get none
+        allow_zero = stage == "predict" or any(
+            getattr(owner, "allow_zero_length_dataloader_with_multiple_devices", False)
+            for owner in (run.module, run.datamodule) if owner is not None)
+        for leaf in loader.flattened if isinstance(loader, CombinedLoader) else [loader]:
+            has_len_all_ranks(leaf, trainer.strategy, allow_zero)
+        if stage == "train":  # Lightning also checks the CombinedLoader it wraps the training data in
+            has_len_all_ranks(loader if isinstance(loader, CombinedLoader) else CombinedLoader(loader, "max_size_cycle"),
+                              trainer.strategy, allow_zero)
 
     # --- training data ------------------------------------------------------------------------------------
     def load_train(self) -> None:
@@ -94,6 +111,7 @@ class Loaders:
         self.train = self._prepare(as_train_loader(self._request("train")), "train")
         self.last_train_load_epoch = self.run.state.current_epoch
         n = self.num_training_batches = limit_batches(self.train, config.limit_train_batches, "train")
+        check_train_mode(self.train)
         if self.run.trainer.loggers and n < config.log_every_n_steps and not config.fast_dev_run:
             rank_zero_warn(f"The number of training batches ({n}) is smaller than the logging interval "
                            f"Trainer(log_every_n_steps={config.log_every_n_steps}). Set a lower value for "

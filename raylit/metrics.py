@@ -68,6 +68,28 @@ def _resolve_flags(fx: str | None, name: str, on_step: bool | None, on_epoch: bo
     return (defaults[0] if on_step is None else on_step), (defaults[1] if on_epoch is None else on_epoch)
 
 
+def _metric_attribute(connector: "MetricsConnector", module: Any, name: str, metric: Any) -> str:
+    """The attribute of ``module`` that holds the logged torchmetrics ``metric`` (its state is saved with the
+    module's); as in Lightning, the module's metrics are looked up once (per run here: the ids mean nothing
+    in another process) and a metric that is not one of them is an error."""
+    cached = connector._metric_attributes
+    if cached is not None and cached[0] is module:
+        found = cached[1]
+    else:
+        found = {id(m): n for n, m in module.named_modules() if _is_metric(m)}
+        connector._metric_attributes = (module, found)
+        if not found:
+            raise MisconfigurationException(
+                "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged. You can fix "
+                "this by setting an attribute for the metric in your `LightningModule`.")
+    attribute = found.get(id(metric))
+    if attribute is None:
+        raise MisconfigurationException(
+            "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged. You can fix this by "
+            f"calling `self.log({name}, ..., metric_attribute=name)` where `name` is one of {list(found.values())}")
+    return attribute
+
+
 class _Views:
     """What ``MetricsConnector.views()`` returns: indexable and unpackable like the tuple (callback, logged,
     progress bar); the progress-bar view is converted to numbers only when it is taken."""
@@ -100,6 +122,7 @@ class MetricsConnector:
         self.store: ResultStore | None = None
         self.in_batch = False  # step views while a batch runs, epoch views otherwise
         self._merged_version: tuple | None = None
+        self._metric_attributes: tuple[Any, dict[int, str]] | None = None  # (module, {id(metric): attribute})
 
     def reset_views(self) -> None:
         self.callback_metrics, self.logged_metrics, self.progress_bar_metrics = {}, {}, {}
@@ -121,6 +144,7 @@ class MetricsConnector:
         add_dataloader_idx: bool,
         batch_size: int | None,
         rank_zero_only: bool,
+        metric_attribute: str | None = None,
     ) -> None:
         trainer = self.trainer
         if trainer.predicting or self.store is None:
@@ -149,13 +173,15 @@ class MetricsConnector:
         if add_dataloader_idx and "/dataloader_idx_" in name:
             raise MisconfigurationException(
                 f"You called `self.log` with the key `{name}` but it should not contain information about "
-                "`dataloader_idx`"
+                "`dataloader_idx` when `add_dataloader_idx=True`"
             )
+        if metric_attribute is None and _is_metric(value):
+            _metric_attribute(self, trainer.lightning_module, name, value)
         reduce = _REDUCTIONS.get(reduce_fx.lower()) if isinstance(reduce_fx, str) else _TORCH_REDUCTIONS.get(reduce_fx)
         if reduce is None:
             raise MisconfigurationException(
-                f"`self.log({name!r}, ..., reduce_fx={reduce_fx!r})`: reduce_fx must "
-                "be one of 'mean', 'avg', 'sum', 'max', 'min' (or torch.mean/sum/max/min)"
+                "Only `self.log(..., reduce_fx={min,max,mean,sum})` are supported. If you need a custom reduction, "
+                f"please log a `torchmetrics.Metric` instance instead. Found: {reduce_fx}"
             )
         sync = sync_dist and not rank_zero_only and trainer._runtime.distributed
         self.store.log(

@@ -316,7 +316,7 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         trainer._metrics.log(self._current_fx_name, name, value, prog_bar=prog_bar, logger=logger,
                              on_step=on_step, on_epoch=on_epoch, reduce_fx=reduce_fx,
                              enable_graph=enable_graph, sync_dist=sync_dist, add_dataloader_idx=add_dataloader_idx,
-                             batch_size=batch_size, rank_zero_only=rank_zero_only)
+                             batch_size=batch_size, rank_zero_only=rank_zero_only, metric_attribute=metric_attribute)
 
     def log_dict(self, dictionary: Mapping[str, Any], prog_bar: bool = False, logger: bool | None = None,
                  on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: Any = "mean",

@@ -133,6 +133,8 @@ class ResultStore:
             value = value.detach()
         if value.dtype not in (torch.float32, torch.float64):
             value = value.to(torch.get_default_dtype())
+        if value.dim():  # one element (checked by self.log): stored as a scalar, as Lightning does
+            value = value.squeeze()
         if on_step:
             step_value = value
             if sync:

@@ -212,8 +212,9 @@ def init_kwargs_from_hparams(cls: type, hparams: Any, overrides: dict[str, Any],
     A class whose ``__init__`` took one hyperparameters object (``save_hyperparameters(hparams)``, the classic
     style) gets it back whole under that argument's name, as the checkpoint recorded it."""
     params = inspect.signature(cls.__init__).parameters
+    named = [n for n, p in list(params.items())[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     args_name = (ckpt or {}).get(name_key) if name_key else None
-    if args_name and args_name in params:
+    if args_name and args_name in named:
         hparams = {args_name: hparams}
     elif not isinstance(hparams, dict):  # an OmegaConf container saved without its name: the first argument
         return {next(iter(list(params)[1:]), "hparams"): hparams, **overrides}

@@ -35,6 +35,7 @@ from raylit.state import RunningStage, TrainerState, TrainerStatus
 from raylit.trainer_args import build_callbacks, build_loggers
 from raylit.utilities.combined_loader import CombinedLoader
 from raylit.utilities.exceptions import MisconfigurationException
+from raylit.utilities.parsing import clean_namespace
 
 
 class _Setting:
@@ -369,6 +370,7 @@ class Trainer:
                                 "previous run")
         elif not isinstance(model, LightningModule):
             raise TypeError(f"`model` must be a `raylit.LightningModule`, got `{type(model).__qualname__}`")
+        clean_namespace(model.hparams)  # as Lightning's Trainer does before each call: the spec must pickle
         previous = self._run
         return RunSpec(
             config=self.config, fn=fn, module=model, datamodule=datamodule, callbacks=self.callbacks,

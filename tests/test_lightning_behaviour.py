@@ -609,3 +609,312 @@ def test_prepare_data_per_node_false_prepares_once_in_all(tmp_path):
                            data={"validate": H.loader(2)})
             Run(spec, NodeRuntime(global_rank, local_rank), trainer).execute()
     assert prepared == [True, True, False]  # per node: ranks (0,0) and (1,0); once in all: rank 0 only
+
+
+# --- save_hyperparameters through *args/**kwargs chains, mixins and metaclasses; checkpoints ---------------------
+def _hparams_classes(pl):
+    class Base(pl.LightningModule):
+        def __init__(self, batch_size=64):
+            super().__init__()
+            self.layer = nn.Linear(32, 2)
+            self.save_hyperparameters()
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return H.loader(4)
+
+    class Saving(Base):
+        def __init__(self, *args, subclass_arg=1200, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.save_hyperparameters()
+
+    class NotSaving(Base):  # its argument is still collected by the base class's save_hyperparameters()
+        def __init__(self, *args, subclass_arg=1200, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    class Mixin:  # not a LightningModule: its __init__ counts because `self` is one
+        def __init__(self, *args, mixin_arg=7, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.save_hyperparameters()
+
+    class WithMixin(Mixin, Base):
+        pass
+
+    class WithMixinAndInit(Mixin, Base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.save_hyperparameters()
+
+    class Meta(type):
+        def __call__(cls, *args, **kwargs):
+            instance = super().__call__(*args, **kwargs)
+            instance.built_by_meta = True
+            return instance
+
+    class WithMeta(Base, metaclass=Meta):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.save_hyperparameters()
+
+    return {"Saving": (Saving, {"subclass_arg": 1200}), "NotSaving": (NotSaving, {"subclass_arg": 1200}),
+            "WithMixin": (WithMixin, {"mixin_arg": 7}), "WithMixinAndInit": (WithMixinAndInit, {"mixin_arg": 7}),
+            "WithMeta": (WithMeta, {})}
+
+
+@pytest.mark.parametrize("name", ["Saving", "NotSaving", "WithMixin", "WithMixinAndInit", "WithMeta"])
+def test_save_hyperparameters_through_args_kwargs_mixins_and_checkpoints(pl, tmp_path, name):
+    """``*args``/``**kwargs`` themselves are never hyperparameters (the keywords they carry are), a mixin's
+    ``__init__`` counts when ``self`` is a module, and ``load_from_checkpoint`` rebuilds such classes (the
+    saved values win over defaults, keyword arguments over saved values)."""
+    cls, extra = _hparams_classes(pl)[name]
+    assert dict(cls().hparams) == {"batch_size": 64, **extra}
+    model = cls(batch_size=179)
+    assert dict(model.hparams) == {"batch_size": 179, **extra}
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model)
+    path = str(tmp_path / "m.ckpt")
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    assert dict(ckpt["hyper_parameters"]) == {"batch_size": 179, **extra}
+    assert ckpt["hparams_name"] == "kwargs"
+    assert dict(cls.load_from_checkpoint(path).hparams) == {"batch_size": 179, **extra}
+    assert cls.load_from_checkpoint(path, batch_size=99).hparams.batch_size == 99
+
+
+def test_unpicklable_hparams_are_dropped_with_a_warning(pl, tmp_path):
+    class Model(_model_cls(pl)):
+        def __init__(self, foo="bar", pickle_me=(lambda x: x + 1), ignore=False):
+            super().__init__()
+            self.save_hyperparameters(ignore=["pickle_me"] if ignore else None)
+
+    match = "Attribute 'pickle_me' removed from hparams because it cannot be pickled"
+    model = Model()
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_steps=1, limit_val_batches=0)
+    with pytest.warns(UserWarning, match=match):
+        trainer.fit(model)
+    assert dict(model.hparams) == {"foo": "bar", "ignore": False}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Model(ignore=True))
+    assert not [w for w in caught if match in str(w.message)]
+    assert H.submodule(pl, "utilities").is_picklable(1) and not H.submodule(pl, "utilities").is_picklable(lambda: 0)
+
+
+# --- data: demo datamodules, lengths, limits ---------------------------------------------------------------
+def _demos(pl):
+    return H.submodule(pl, "demos.boring_classes" if pl.__name__ == "pytorch_lightning" else "testing")
+
+
+@pytest.mark.parametrize("stage", ["fit", "validate", "test", "predict"])
+def test_demo_datamodules_without_lengths(pl, stage):
+    """BoringDataModuleNoLen / IterableBoringDataModule: what setup(stage) makes and how str() shows it."""
+    demos = _demos(pl)
+    no_len, iterable = demos.BoringDataModuleNoLen(), demos.IterableBoringDataModule()
+    no_len.setup(stage)
+    iterable.setup(stage)
+    sizes = {"fit": ("train", "val"), "validate": ("val",)}.get(stage, (stage,))
+    titles = {"train": "Train", "val": "Validation", "test": "Test", "predict": "Predict"}
+    rows = {"train": 16, "val": 32, "test": 64, "predict": 128}
+    assert str(no_len).splitlines() == [
+        f"{{{t} dataloader: {'size=NA' if k in sizes else 'None'}}}" for k, t in titles.items()]
+    assert str(iterable).splitlines() == [
+        f"{{{t} dataloader: {f'1. size={rows[k]} ; 2. size=NA' if k in sizes else 'None'}}}"
+        for k, t in titles.items()]
+    counts = {"train": 512, "val": 128, "test": 256, "predict": 64}
+    for part in sizes:
+        assert sum(1 for _ in getattr(no_len, f"{part}_dataloader")()) == counts[part]
+        first, second = getattr(iterable, f"{part}_dataloader")()
+        assert len(first) == rows[part] and sum(1 for _ in second) == rows[part]
+        assert next(iter(second)).shape == (1, 4)
+
+
+class _IterableWithLen(H.IterableRows):
+    def __len__(self):
+        return len(self.rows)
+
+
+def test_has_len_all_ranks_and_the_iterable_dataset_with_len_warning(pl, tmp_path):
+    """``utilities.data.has_len_all_ranks(loader, trainer.strategy)``, and the warning every Trainer call gives
+    when it loads a loader over an ``IterableDataset`` that defines ``__len__``; an empty loader is hinted."""
+    has_len_all_ranks = H.submodule(pl, "utilities.data").has_len_all_ranks
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_steps=3)
+    match = "Your `IterableDataset` has `__len__` defined."
+    with_len = DataLoader(_IterableWithLen(8), batch_size=2)
+    with pytest.warns(UserWarning, match=match):
+        assert has_len_all_ranks(with_len, trainer.strategy)
+    assert not has_len_all_ranks(DataLoader(H.IterableRows(8), batch_size=2), trainer.strategy)
+    with pytest.warns(UserWarning, match="Total length of `DataLoader` across ranks is zero"):
+        assert has_len_all_ranks(H.loader(0), trainer.strategy)
+    model = _model_cls(pl)()
+    for call in (lambda: trainer.validate(model, dataloaders=[with_len], verbose=False),
+                 lambda: trainer.fit(model, train_dataloaders=with_len, val_dataloaders=[with_len]),
+                 lambda: trainer.test(model, dataloaders=[with_len], verbose=False),
+                 lambda: trainer.predict(model, dataloaders=[with_len])):
+        with pytest.warns(UserWarning, match=match):
+            call()
+    without_len = DataLoader(H.IterableRows(8), batch_size=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_steps=3)
+        trainer.fit(model, train_dataloaders=without_len, val_dataloaders=without_len)
+        trainer.test(model, dataloaders=without_len, verbose=False)
+    assert not [w for w in caught if match in str(w.message)]
+    assert trainer.num_training_batches == float("inf") and trainer.num_test_batches == [float("inf")]
+
+
+@pytest.mark.parametrize("stage", ["train", "val", "test", "predict"])
+def test_fractional_limit_of_a_loader_without_length_is_refused(pl, tmp_path, stage):
+    exc = H.submodule(pl, "utilities.exceptions").MisconfigurationException
+
+    class Model(_model_cls(pl)):
+        pass
+
+    setattr(Model, f"{stage}_dataloader", lambda self: DataLoader(H.IterableRows(8), batch_size=2))
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_epochs=1, **{f"limit_{stage}_batches": 0.5})
+    fn = {"train": "fit", "val": "validate"}.get(stage, stage)
+    with pytest.raises(exc, match=rf"^When using an `IterableDataset`, `Trainer\(limit_{stage}_batches\)` must be "
+                                  rf"`1.0` or an int. An int specifies `num_{stage}_batches` to use.$"):
+        getattr(trainer, fn)(Model())
+
+
+def test_sequential_training_data_is_sized_before_it_is_refused(pl, tmp_path):
+    combined_loader_cls = H.submodule(pl, "utilities").CombinedLoader
+
+    class Model(_model_cls(pl)):
+        def train_dataloader(self):
+            return combined_loader_cls({"a_b": [H.loader(8), H.loader(4)], "c": [H.loader(4)]}, "sequential")
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_epochs=1, limit_val_batches=0)
+    with pytest.raises(ValueError, match=r'^`_FitLoop` does not support the `CombinedLoader\(mode="sequential"\)` '
+                                         r"mode. The available modes are: \['min_size', 'max_size_cycle', "
+                                         r"'max_size'\]$"):
+        trainer.fit(Model())
+    assert trainer.num_training_batches == 8
+
+
+@pytest.mark.parametrize("stage", ["train", "val", "test"])
+def test_few_workers_hint_for_every_loader_of_nested_collections(pl, tmp_path, monkeypatch, stage):
+    """The few-workers hint names the stage's hook, for each loader of a nested collection (here: pretend 4
+    cores, as Lightning's own test does)."""
+    if pl.__name__ == "raylit":
+        import os
+
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    else:
+        import lightning_fabric.utilities.data as fabric_data
+
+        monkeypatch.setattr(fabric_data, "_num_cpus_available", lambda: 4)
+
+    class Model(_model_cls(pl)):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch["a_b"][0], batch_idx)
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            return super().validation_step(batch, batch_idx)
+
+        def test_step(self, batch, batch_idx, dataloader_idx=0):
+            return super().test_step(batch, batch_idx)
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_epochs=1, limit_train_batches=2,
+                         limit_val_batches=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if stage == "test":
+            trainer.test(Model(), dataloaders=[H.loader(4), H.loader(4)], verbose=False)
+        else:
+            trainer.fit(Model(), train_dataloaders={"a_b": [H.loader(4), H.loader(4)], "c_d_e": [H.loader(4)] * 3},
+                        val_dataloaders=[H.loader(4), H.loader(4)])
+    category = H.submodule(pl, "utilities.warnings").PossibleUserWarning
+    hints = [str(w.message) for w in caught if issubclass(w.category, category) and "many workers" in str(w.message)]
+    expected = {"train": 5, "val": 2, "test": 2}[stage]
+    assert sum(f"The '{stage}_dataloader' does not have many workers" in t and "num_workers=3" in t
+               for t in hints) == expected
+
+
+# --- Trainer arguments ----------------------------------------------------------------------------------------
+def test_max_epochs_not_set_warns_and_trains_1000_epochs(pl, tmp_path):
+    category = H.submodule(pl, "utilities.warnings").PossibleUserWarning
+    match = r"^`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set `max_epochs=-1`.$"
+
+    class Model(_model_cls(pl)):
+        def training_step(self, batch, batch_idx):
+            self.trainer.should_stop = True
+            return super().training_step(batch, batch_idx)
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_epochs=None, limit_train_batches=1,
+                         limit_val_batches=0)
+    with pytest.warns(category, match=match):
+        trainer.fit(Model())
+    assert trainer.max_epochs == 1000 and trainer.current_epoch == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pl.Trainer(**QUIET, fast_dev_run=True)
+        pl.Trainer(**QUIET, max_steps=2).fit(Model())
+    assert not [w for w in caught if "`max_epochs` was not set" in str(w.message)]
+
+
+def test_fractional_val_check_interval_without_epochs_is_refused(pl):
+    exc = H.submodule(pl, "utilities.exceptions").MisconfigurationException
+    with pytest.raises(exc) as info:
+        pl.Trainer(**QUIET, val_check_interval=0.5, check_val_every_n_epoch=None)
+    assert str(info.value) == ("`val_check_interval` should be an integer or a time-based duration (str "
+                               "'DD:HH:MM:SS', datetime.timedelta, or dict kwargs for timedelta) when "
+                               "`check_val_every_n_epoch=None`.")
+
+
+# --- self.log checks ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["dataloader_idx_key", "metric_not_attribute", "metric_other_attribute",
+                                  "custom_reduce_fx"])
+def test_self_log_refusals_match_lightning(pl, tmp_path, case):
+    import torchmetrics
+
+    exc = H.submodule(pl, "utilities.exceptions").MisconfigurationException
+    expected = {
+        "dataloader_idx_key": "You called `self.log` with the key `foo/dataloader_idx_0` but it should not contain "
+                              "information about `dataloader_idx` when `add_dataloader_idx=True`",
+        "metric_not_attribute": "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` "
+                                "logged. You can fix this by setting an attribute for the metric in your "
+                                "`LightningModule`.",
+        "metric_other_attribute": "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` "
+                                  "logged. You can fix this by calling `self.log(foo, ..., metric_attribute=name)` "
+                                  "where `name` is one of ['bar']",
+        "custom_reduce_fx": "Only `self.log(..., reduce_fx={min,max,mean,sum})` are supported. If you need a "
+                            "custom reduction, please log a `torchmetrics.Metric` instance instead. Found: median",
+    }[case]
+
+    class Model(_model_cls(pl)):
+        def __init__(self):
+            super().__init__()
+            if case == "metric_other_attribute":
+                self.bar = torchmetrics.MeanMetric()
+
+        def training_step(self, batch, batch_idx):
+            if case == "dataloader_idx_key":
+                self.log("foo/dataloader_idx_0", -1.0)
+            elif case == "custom_reduce_fx":
+                self.log("foo", -1.0, reduce_fx="median")
+            else:
+                self.log("foo", torchmetrics.MeanMetric())
+            return super().training_step(batch, batch_idx)
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_steps=1, limit_val_batches=0)
+    with pytest.raises(exc) as info:
+        trainer.fit(Model())
+    assert str(info.value) == expected
+
+
+def test_a_logged_one_element_tensor_becomes_a_scalar(pl, tmp_path):
+    class Model(_model_cls(pl)):
+        def training_step(self, batch, batch_idx):
+            self.log("foo", torch.tensor([1.2]), on_epoch=True)
+            return super().training_step(batch, batch_idx)
+
+    trainer = _fit(pl, Model(), tmp_path, max_steps=1, limit_val_batches=0)
+    assert trainer.callback_metrics["foo"].ndim == 0

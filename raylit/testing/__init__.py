@@ -17,12 +17,15 @@ from raylit.testing.boring_classes import (
     build_demo_classes,
 )
 
-_MODULE_CLASSES = ("BoringModel", "ManualOptimBoringModel", "DemoModel", "BoringDataModule")
+_MODULE_CLASSES = ("BoringModel", "ManualOptimBoringModel", "DemoModel", "BoringDataModule", "BoringDataModuleNoLen",
+                   "IterableBoringDataModule")
 
 __all__ = [
     "BoringDataModule",
+    "BoringDataModuleNoLen",
     "BoringModel",
     "DemoModel",
+    "IterableBoringDataModule",
     "ManualOptimBoringModel",
     "RandomDataset",
     "RandomDictDataset",

@@ -75,7 +75,8 @@ class RandomIterableDatasetWithLen(IterableDataset):
 def build_demo_classes(
     module_base: type, datamodule_base: type, module_name: str | None = None
 ) -> SimpleNamespace:
-    """Define BoringModel, ManualOptimBoringModel, DemoModel and BoringDataModule on the given bases.
+    """Define BoringModel, ManualOptimBoringModel, DemoModel and the demo datamodules (BoringDataModule,
+    BoringDataModuleNoLen, IterableBoringDataModule) on the given bases.
 
     ``module_name``: when set, the classes claim to live in that module (so pickle finds them by name)."""
 
@@ -185,11 +186,69 @@ def build_demo_classes(
         def predict_dataloader(self) -> DataLoader:
             return DataLoader(self.random_predict)
 
+    class _PerStageDataModule(datamodule_base):
+        """Datasets made by ``setup(stage)`` (fit makes train and val, validate val, ...) and kept in the
+        attribute ``_attribute.format(part)``; each ``*_dataloader`` wraps them in batch-size-1 DataLoaders (a
+        list of them for a list of datasets)."""
+
+        _sizes: dict[str, int] = {}
+        _attribute = "{}"
+
+        @staticmethod
+        def _make(size: int) -> Any:
+            raise NotImplementedError
+
+        def setup(self, stage: str) -> None:
+            stage = getattr(stage, "value", stage)
+            for part in {"fit": ("train", "val"), "validate": ("val",)}.get(stage, (stage,)):
+                if part in self._sizes:
+                    setattr(self, self._attribute.format(part), self._make(self._sizes[part]))
+
+        def _loaders(self, part: str) -> Any:
+            data = getattr(self, self._attribute.format(part))
+            return [DataLoader(d) for d in data] if isinstance(data, list) else DataLoader(data)
+
+        def train_dataloader(self) -> Any:
+            return self._loaders("train")
+
+        def val_dataloader(self) -> Any:
+            return self._loaders("val")
+
+        def test_dataloader(self) -> Any:
+            return self._loaders("test")
+
+        def predict_dataloader(self) -> Any:
+            return self._loaders("predict")
+
+    class BoringDataModuleNoLen(_PerStageDataModule):
+        """Like BoringDataModule over datasets without a length: ``RandomIterableDataset(32, n)`` with 512 rows
+        for training, 128 for validation, 256 for test and 64 for predict."""
+
+        _sizes = {"train": 512, "val": 128, "test": 256, "predict": 64}
+        _attribute = "random_{}"
+
+        @staticmethod
+        def _make(size: int) -> Any:
+            return RandomIterableDataset(32, size)
+
+    class IterableBoringDataModule(_PerStageDataModule):
+        """Two datasets of 4 features per stage, one sized and one iterable without a length (16 rows each for
+        training, 32 for validation, 64 for test, 128 for predict); each hook returns a list of two loaders."""
+
+        _sizes = {"train": 16, "val": 32, "test": 64, "predict": 128}
+        _attribute = "{}_datasets"
+
+        @staticmethod
+        def _make(size: int) -> Any:
+            return [RandomDataset(4, size), RandomIterableDataset(4, size)]
+
     classes = SimpleNamespace(
         BoringModel=BoringModel,
         ManualOptimBoringModel=ManualOptimBoringModel,
         DemoModel=DemoModel,
         BoringDataModule=BoringDataModule,
+        BoringDataModuleNoLen=BoringDataModuleNoLen,
+        IterableBoringDataModule=IterableBoringDataModule,
     )
     if module_name is not None:
         for name, cls in vars(classes).items():

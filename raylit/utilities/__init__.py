@@ -2,7 +2,7 @@
 
 from raylit.utilities.combined_loader import CombinedLoader
 from raylit.utilities.exceptions import MisconfigurationException
-from raylit.utilities.parsing import AttributeDict
+from raylit.utilities.parsing import AttributeDict, is_picklable
 from raylit.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from raylit.utilities.seed import isolate_rng, seed_everything
 
@@ -10,6 +10,7 @@ __all__ = [
     "AttributeDict",
     "CombinedLoader",
     "MisconfigurationException",
+    "is_picklable",
     "isolate_rng",
     "rank_zero_info",
     "rank_zero_only",

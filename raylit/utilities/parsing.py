@@ -1,3 +1,6 @@
+import pickle
+import warnings
+from collections.abc import MutableMapping
 from typing import Any
 
 
@@ -25,3 +28,21 @@ class AttributeDict(dict):
         keys = [f'"{k}":' for k in self]
         width = max(len(k) for k in keys)
         return "\n".join(f"{k:{width}} {v}" for k, v in zip(keys, self.values()))
+
+
+def is_picklable(obj: object) -> bool:
+    """Whether ``pickle.dumps(obj)`` works."""
+    try:
+        pickle.dumps(obj)
+    except (pickle.PickleError, AttributeError, RuntimeError, TypeError):
+        return False
+    return True
+
+
+def clean_namespace(hparams: MutableMapping) -> None:
+    """Drop the entries of ``hparams`` that cannot be pickled, warning about each (a Trainer call does this to
+    the module's ``hparams`` before it starts: checkpoints and Ray workers need them picklable)."""
+    for key in [k for k, v in hparams.items() if not is_picklable(v)]:
+        warnings.warn(f"Attribute '{key}' removed from hparams because it cannot be pickled. You can suppress this "
+                      f"warning by setting `self.save_hyperparameters(ignore=['{key}'])`.", UserWarning, stacklevel=2)
+        del hparams[key]
