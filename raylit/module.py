@@ -384,6 +384,13 @@ class LightningModule(HyperparametersMixin, DataHooks, nn.Module):
         model = cls(**init_kwargs_from_hparams(cls, hparams, kwargs, ckpt, cls.CHECKPOINT_HYPER_PARAMS_NAME))
         if is_overridden("configure_model", model, LightningModule):
             model.configure_model()
+        # as in Lightning, on_load_checkpoint sees the hyperparameters the model was built with (the file's
+        # when hparams_file is given, updated with the keyword arguments of this call)
+        if hparams_file is not None:
+            ckpt[cls.CHECKPOINT_HYPER_PARAMS_KEY] = hparams
+        section = ckpt.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
+        if isinstance(section, dict):
+            section.update(kwargs)
         model.on_load_checkpoint(ckpt)
         if strict is not None and model._strict_loading is not None and strict != model.strict_loading:
             raise ValueError(f"You set `.load_from_checkpoint(..., strict={strict!r})` which is in conflict with "

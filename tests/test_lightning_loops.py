@@ -404,3 +404,33 @@ def test_restore_modules_and_callbacks_from_a_path(pl, tmp_path):
     trainer._checkpoint_connector._restore_modules_and_callbacks(path)
     assert dm.my_state == {"my": "state"}
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_on_load_checkpoint_sees_the_hyperparameters_used(pl, tmp_path):
+    """``load_from_checkpoint(path, **overrides)`` hands ``on_load_checkpoint`` the checkpoint with its
+    ``hyper_parameters`` updated by the overrides (and present even when the model saved none)."""
+    seen = []
+
+    class M(pl.LightningModule):
+        def __init__(self, width=4, note="a"):
+            super().__init__()
+            self.save_hyperparameters()
+            self.layer = nn.Linear(32, width)
+
+        def on_load_checkpoint(self, checkpoint):
+            seen.append(dict(checkpoint["hyper_parameters"]))
+
+    class Plain(pl.LightningModule):
+        def __init__(self, called=None):
+            super().__init__()
+            self.layer = nn.Linear(32, 2)
+
+        def on_load_checkpoint(self, checkpoint):
+            seen.append(dict(checkpoint["hyper_parameters"]))
+
+    for cls, kwargs in ((M, {"note": "b"}), (Plain, {"called": 1})):
+        trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET)
+        trainer.strategy.connect(cls())
+        trainer.save_checkpoint(tmp_path / "m.ckpt")
+        cls.load_from_checkpoint(tmp_path / "m.ckpt", **kwargs)
+    assert seen == [{"width": 4, "note": "b"}, {"called": 1}]
