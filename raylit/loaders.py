@@ -42,10 +42,19 @@ class Loaders:
         self.last_train_load_epoch = 0
         self.last_val_load_epoch: float = -math.inf  # the epoch of the last validation-loader load in fit
         self._val_enabled: bool | None = None
-        if previous is not None and run.fn != "fit":
-            # as in Lightning, a later validate/test/predict keeps what fit knew about the training data
-            self.train, self.num_training_batches = previous.train, previous.num_training_batches
-            self.val_check_batch = previous.val_check_batch
+        self.reported: dict[str, list] = {}  # batch counts a Ray run's rank 0 reported, by fn (on the driver)
+        if previous is not None:
+            # as in Lightning, whose loops persist: a later call keeps the other stages' loaders (so
+            # trainer.num_val_batches after a test() still reads fit's), and validate/test/predict keep what
+            # fit knew about the training data
+            for fn, attr in (("validate", "val"), ("test", "test"), ("predict", "predict")):
+                if fn != run.fn and not (run.fn == "fit" and fn == "validate"):
+                    setattr(self, attr, getattr(previous, attr))
+                    if fn in previous.reported:
+                        self.reported[fn] = previous.reported[fn]
+            if run.fn != "fit":
+                self.train, self.num_training_batches = previous.train, previous.num_training_batches
+                self.val_check_batch = previous.val_check_batch
 
     # --- where loaders come from ----------------------------------------------------------------------------
     def defined(self, stage: str) -> bool:

@@ -272,6 +272,7 @@ class Run:
             "state": {k: getattr(self.state, k) for k in ("current_epoch", "global_step", "batches_that_stepped",
                                                           "total_batches", "should_stop")},
             "num_training_batches": self.loaders.num_training_batches,
+            "num_eval_batches": {fn: self.trainer._eval_batches(fn) for fn in ("validate", "test", "predict")},
             "progress": {"eval": {fn: (c.total, c.current) for fn, c in self.eval_batches.items()},
                          "last_epoch_batches": self.last_epoch_batches},
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.trainer.callbacks if cb.state_dict()},
@@ -290,6 +291,7 @@ class Run:
         for k, v in results["state"].items():
             setattr(self.state, k, v)
         self.loaders.num_training_batches = results.get("num_training_batches", self.loaders.num_training_batches)
+        self.loaders.reported = {fn: n for fn, n in results.get("num_eval_batches", {}).items() if n}
         progress = results.get("progress", {})
         for fn, (total, current) in progress.get("eval", {}).items():
             counter = self.eval_batches.setdefault(fn, EvalCounter())

@@ -296,7 +296,7 @@ class Trainer:
     def _eval_batches(self, fn: str) -> list[int | float]:
         loaders = self._run and self._run.loaders
         if not loaders or getattr(loaders, {"validate": "val"}.get(fn, fn)) is None:
-            return []
+            return list(loaders.reported.get(fn, [])) if loaders else []
         return loaders.eval_limits(fn)
 
     num_val_batches = property(lambda self: self._eval_batches("validate"))

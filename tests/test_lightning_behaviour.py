@@ -592,6 +592,7 @@ def test_prepare_data_per_node_false_prepares_once_in_all(tmp_path):
         def __init__(self, global_rank, local_rank):
             super().__init__("cpu")
             self.global_rank, self.local_rank = global_rank, local_rank
+            self.node_rank = int(global_rank > 0)  # ranks 1 and 2 are on node 1
 
     prepared = []
 

@@ -434,3 +434,48 @@ def test_on_load_checkpoint_sees_the_hyperparameters_used(pl, tmp_path):
         trainer.save_checkpoint(tmp_path / "m.ckpt")
         cls.load_from_checkpoint(tmp_path / "m.ckpt", **kwargs)
     assert seen == [{"width": 4, "note": "b"}, {"called": 1}]
+
+
+def test_batch_counts_persist_across_calls(pl, tmp_path):
+    """As Lightning's loops persist, each stage's batch counts survive the Trainer's later calls: after
+    ``fit`` then ``test``, ``num_val_batches`` still reads fit's; after ``validate``, ``num_test_batches``
+    still reads the test's; a new ``fit`` keeps the test and predict counts."""
+    class M(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(32, 2)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).sum()
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            pass
+
+        test_step = predict_step = validation_step
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return H.loader(8)
+
+        def val_dataloader(self):
+            return H.loader(10)
+
+        def test_dataloader(self):
+            return [H.loader(6), H.loader(4)]
+
+        predict_dataloader = train_dataloader
+
+    model = M()
+    trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_epochs=1, limit_val_batches=3)
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for call in ("fit", "test", "validate", "predict", "fit"):
+            kwargs = {} if call in ("fit", "predict") else {"verbose": False}
+            getattr(trainer, call)(model, **kwargs)
+            seen.append((call, trainer.num_training_batches, trainer.num_val_batches, trainer.num_test_batches,
+                         trainer.num_predict_batches))
+    assert seen == [("fit", 4, [3], [], []), ("test", 4, [3], [3, 2], []), ("validate", 4, [3], [3, 2], []),
+                    ("predict", 4, [3], [3, 2], [4]), ("fit", 4, [3], [3, 2], [4])]

@@ -386,7 +386,9 @@ def test_sync_batchnorm_and_find_unused_parameters_parity(ray_cluster, monkeypat
 @pytest.mark.ray
 def test_validate_covers_each_sample_once(ray_cluster) -> None:
     model = ParityModule(n_eval=7)  # 7 samples, batch 4: rank 0 gets 4, rank 1 gets 3, one batch each
-    results = _trainer(devices=2, limit_val_batches=None).validate(model, verbose=False)
+    trainer = _trainer(devices=2, limit_val_batches=None)
+    results = trainer.validate(model, verbose=False)
+    assert trainer.num_val_batches == [1]  # rank 0's count, reported to the driver (as Lightning's rank 0 reads)
     assert len(results) == 1
     r = results[0]
     assert (r["val_count"], r["val_idx_sum"], r["val_idx_sq_sum"]) == (7, 21, 91)
