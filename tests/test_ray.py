@@ -285,7 +285,9 @@ def test_connect_policy(monkeypatch) -> None:
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(session, "_started_here", False)
+    for name, value in (("_started_here", False), ("_connected_here", False), ("_keep", False),
+                        ("_env_set_by_ray", {})):
+        monkeypatch.setattr(session, name, value)  # this test's fake connections must not leak into others
     assert session.connect(4, 0) is True
     assert calls[-1]["address"] == "local"  # never a bare init: that would join a `ray start` cluster
     assert calls[-1]["num_cpus"] >= 4 and calls[-1]["include_dashboard"] is False
@@ -298,6 +300,52 @@ def test_connect_policy(monkeypatch) -> None:
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # already connected: use it as is
     n = len(calls)
     assert session.connect(2, 0) is False and len(calls) == n
+
+
+def test_release_leaves_the_process_as_the_call_found_it(monkeypatch) -> None:
+    """After a Ray call, a connection raylit made is shut down and the environment variables ray.init set are
+    put back (a variable changed since stays); a connection made for Ray Data or Tune, or with
+    RAYLIT_KEEP_RAY=1, is kept; one the user made is never touched. ray.init/shutdown are recorders here."""
+    import ray
+
+    events: list[str] = []
+
+    def fake_init(**kw):
+        events.append("init")
+        os.environ["RAY_FAKE_SET"] = "1"
+        os.environ["PYTHONBREAKPOINT"] = "ray.util.rpdb.set_trace"
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: events.append("shutdown"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAYLIT_KEEP_RAY", raising=False)
+    monkeypatch.setenv("PYTHONBREAKPOINT", "0")
+    for name, value in (("_started_here", False), ("_connected_here", False), ("_keep", False),
+                        ("_env_set_by_ray", {})):
+        monkeypatch.setattr(session, name, value)
+
+    session.connect(1, 0)
+    assert os.environ["RAY_FAKE_SET"] == "1"
+    session.release()
+    assert events == ["init", "shutdown"]
+    assert "RAY_FAKE_SET" not in os.environ and os.environ["PYTHONBREAKPOINT"] == "0"
+    session.release()  # nothing left to release
+    assert events == ["init", "shutdown"]
+
+    session.connect(1, 0)
+    os.environ["RAY_FAKE_SET"] = "mine"  # changed by someone after ray.init: not ours to undo
+    monkeypatch.setenv("RAYLIT_KEEP_RAY", "1")
+    session.release()
+    assert events == ["init", "shutdown", "init"]
+    monkeypatch.delenv("RAYLIT_KEEP_RAY")
+    session.release()
+    assert events[-1] == "shutdown" and os.environ["RAY_FAKE_SET"] == "mine"
+    monkeypatch.delenv("RAY_FAKE_SET")
+
+    session.connect(1, 0, keep=True)  # Ray Data read in-process / a Tune sweep
+    session.release()
+    assert events[-1] == "init"
 
 
 def test_import_raylit_does_not_import_ray() -> None:
@@ -428,9 +476,24 @@ def test_impossible_resources_fail_before_scheduling(ray_cluster) -> None:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_example_runs_on_private_local_ray(tmp_path) -> None:
+    """The example as a user runs it; afterwards the process is as it was before the call (the private Ray
+    instance, its threads in the driver and the environment variables ray.init set are gone)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    example = str(REPO / "examples" / "ddp_ray.py")
+    program = (
+        "import os, runpy, sys, threading\n"
+        "env, threads = dict(os.environ), set(threading.enumerate())\n"
+        f"sys.argv = [{example!r}, '--max-epochs', '1']\n"
+        f"runpy.run_path({example!r}, run_name='__main__')\n"
+        "import ray\n"
+        # seed_everything(..., workers=True) in the example sets PL_GLOBAL_SEED/PL_SEED_WORKERS, as in Lightning
+        "leaked = sorted(k for k in set(os.environ) | set(env) if os.environ.get(k) != env.get(k) "
+        "and not k.startswith('PL_'))\n"
+        "alive = sorted(t.name for t in set(threading.enumerate()) - threads if t.is_alive())\n"
+        "print('HYGIENE', leaked, alive, ray.is_initialized())\n"
+    )
     out = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "ddp_ray.py"), "--max-epochs", "1"],
+        [sys.executable, "-c", program],
         capture_output=True,
         text=True,
         env=env,
@@ -439,6 +502,7 @@ def test_example_runs_on_private_local_ray(tmp_path) -> None:
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "trained weights on the driver" in out.stdout
+    assert "HYGIENE [] [] False" in out.stdout
     noisy = [
         line
         for line in (out.stdout + out.stderr).splitlines()

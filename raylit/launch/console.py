@@ -151,3 +151,8 @@ def terminal_columns() -> int | None:
         return shutil.get_terminal_size().columns
     except Exception:
         return None
+
+
+def forget_relays() -> None:
+    """Drop the relay actors of a Ray session that has been shut down (a later session starts new ones)."""
+    _relay_actors.clear()

@@ -59,12 +59,20 @@ def run_config(trainer: Any, fn: str) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 def launch(trainer: Any, spec: RunSpec) -> Any:
     """Run ``spec`` (``trainer.<fn>(...)``) on Ray workers and return what the public method returns."""
+    session.note_environment()
     import ray
     from ray.train.torch import TorchTrainer
 
     from raylit.launch import fault
     from raylit.launch.local import build_run
 
+    try:
+        return _launch(trainer, spec, ray, TorchTrainer, fault, build_run)
+    finally:
+        session.release()  # a connection raylit made ends with the call (RAYLIT_KEEP_RAY=1 keeps it)
+
+
+def _launch(trainer: Any, spec: RunSpec, ray: Any, TorchTrainer: Any, fault: Any, build_run: Any) -> Any:
     p = resources.plan(trainer)
     fn = spec.fn
     # fault tolerance (raylit/launch/fault.py): restarts, and the resume directory every attempt restores from

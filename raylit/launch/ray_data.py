@@ -24,7 +24,7 @@ def ensure_connected() -> None:
     import ray
 
     if not ray.is_initialized():
-        connect(0, 0)
+        connect(0, 0, keep=True)
 
 
 def reshuffled_every_pass(dataset: Any, seed: int | None) -> Any:

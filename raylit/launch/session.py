@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from typing import Any
 
 from raylit.launch.quiet import quiet_autoscaling_request_timeouts
@@ -59,14 +60,16 @@ def started_here() -> bool:
     return _started_here
 
 
-def connect(num_cpus_needed: float, num_gpus_needed: int) -> bool:
+def connect(num_cpus_needed: float, num_gpus_needed: int, keep: bool = False) -> bool:
     """Make sure this process is connected to Ray; return True when it runs a private local instance.
 
     A private instance too small for ``num_cpus_needed`` / ``num_gpus_needed`` is restarted bigger; a cluster
     someone else started is used as it is.
     """
     quiet_autoscaling_request_timeouts()  # Ray Train may run its controller in this process
-    global _started_here
+    global _started_here, _keep
+    # Ray objects outlive a call when Ray Data reads in-process or Tune sweeps: such a connection is kept
+    _keep = _keep or keep
     import ray
 
     if ray.is_initialized():
@@ -82,6 +85,13 @@ def connect(num_cpus_needed: float, num_gpus_needed: int) -> bool:
     ):
         runtime_env = None  # the job already has a setup hook; Ray refuses two
     address = os.environ.get("RAY_ADDRESS")
+    global _connected_here, _env_set_by_ray
+    before = dict(os.environ)
+    for key, (old, _) in _env_set_by_ray.items():  # a restart of our own instance: what the first init found
+        if old is None:
+            before.pop(key, None)
+        else:
+            before[key] = old
     with _quiet_auth_notice():
         if address:
             ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
@@ -96,7 +106,55 @@ def connect(num_cpus_needed: float, num_gpus_needed: int) -> bool:
                 runtime_env=runtime_env,
             )
             _started_here = True
+    _connected_here = True
+    _env_set_by_ray = {k: (before.get(k), v) for k, v in os.environ.items() if before.get(k) != v}
+    if not _env_before:
+        _env_before.append(set(before))
     return _started_here
+
+
+def note_environment() -> None:
+    """Call before the first ``import ray`` of a raylit call: importing Ray sets variables too
+    (``RAY_CLIENT_MODE``), which ``release`` then removes with the rest."""
+    if "ray" not in sys.modules and not _env_before:
+        _env_before.append(set(os.environ))
+
+
+_connected_here = False  # whether raylit called ray.init in this process (and so owns the connection)
+_keep = False  # whether that connection must outlive the call (Ray Data read in-process, Tune)
+_env_set_by_ray: dict[str, tuple[str | None, str]] = {}  # variable -> (value before ray.init, value it set)
+_env_before: list[set[str]] = []  # the variables that existed before raylit's ray.init
+
+
+def release() -> None:
+    """At the end of a raylit call on the driver: leave the process as the call found it. A connection raylit
+    made (and the private local instance it started) is shut down, which stops Ray's threads in this process
+    (log printing, error listening) and its local processes, and the environment variables ``ray.init`` set
+    (``RAY_*``, ``PYTHONBREAKPOINT``) are put back. A connection the user made (``ray.init`` in their code, or
+    code running inside a Ray task) is left alone. ``RAYLIT_KEEP_RAY=1`` keeps raylit's connection for the next
+    call instead: faster repeated calls, with Ray's processes and threads left running in between. A connection
+    made for Ray Data read in-process or for a Tune sweep is kept (their Ray objects outlive the call)."""
+    global _connected_here, _started_here, _env_set_by_ray
+    if not _connected_here or _keep or os.environ.get("RAYLIT_KEEP_RAY") == "1":
+        return
+    import ray
+
+    from raylit.launch import console
+
+    ray.shutdown()
+    console.forget_relays()
+    for key, (old, set_by_ray) in _env_set_by_ray.items():
+        if os.environ.get(key) == set_by_ray:  # unless someone changed it since
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+    existed = _env_before[0] if _env_before else set(os.environ)
+    for key in [k for k in os.environ if k.startswith("RAY_") and k not in existed and k not in _env_set_by_ray]:
+        os.environ.pop(key)  # set by Ray's import or later in the call (RAY_CLIENT_MODE)
+    _env_before.clear()
+    _connected_here = _started_here = False
+    _env_set_by_ray = {}
 
 
 @contextlib.contextmanager

@@ -140,7 +140,7 @@ class Tuner:
     def _make_tuner(self) -> Any:
         from ray import tune
 
-        connect(0, 0)  # reuse a connected Ray; else RAY_ADDRESS; else a private local instance
+        connect(0, 0, keep=True)  # reuse a connected Ray; else RAY_ADDRESS; else a private local instance
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         tune_config = self.tune_config
         resources = self._resources or default_resources(self.spec.trainer)
@@ -202,7 +202,7 @@ class Tuner:
             check_unused_keys=spec.check_unused_keys,
         )
         restored.spec = spec  # the sweep's own settings (metrics, seed, ...) as saved when it started
-        connect(0, 0)
+        connect(0, 0, keep=True)
         restored._tuner = tune.Tuner.restore(
             path,
             make_trainable(spec, default_resources(spec.trainer)),
