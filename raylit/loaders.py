@@ -75,7 +75,12 @@ class Loaders:
         overfit = config.overfit_batches > 0 and stage in ("train", "val")
         if overfit:
             loader = loader.map(without_shuffle) if isinstance(loader, CombinedLoader) else without_shuffle(loader)
-        if config.use_distributed_sampler and run.runtime.distributed:
+        elastic = run.runtime.elastic is not None and stage == "train"
+        if elastic and isinstance(loader, CombinedLoader):
+            raise MisconfigurationException(
+                "Trainer(elastic=...) supports one training DataLoader; got several (a CombinedLoader). Merge the "
+                "datasets into one (torch.utils.data.ConcatDataset) or run without elastic=.")
+        if config.use_distributed_sampler and (run.runtime.distributed or elastic):
             shuffle = False if overfit else None
             loader = loader.shard(run.runtime, stage, shuffle) if isinstance(loader, CombinedLoader) else \
                 run.runtime.setup_dataloader(loader, stage, shuffle=shuffle)

@@ -85,6 +85,9 @@ class Loop:
         self._hooked = {name: hooks.overridden(name) for name in _BATCH_HOOKS}
         config = self.run.config
         self._clip = config.gradient_clip_val or not d["configure_gradient_clipping"]
+        # an elastic run below max_workers trains k virtual ranks per process: k times the micro-batches per step
+        self._elastic = elastic = self.runtime.elastic
+        self._acc = config.accumulate_grad_batches * (elastic.virtual_per_rank if elastic is not None else 1)
 
     # --- when things happen -------------------------------------------------------------------------------
     def validation_enabled(self) -> bool:
@@ -229,7 +232,7 @@ class Loop:
         if hooked["on_train_batch_start"] and hooks.both("on_train_batch_start", batch, batch_idx) == -1:
             self.update_lr_schedulers("epoch", plateau=False)
             raise _StopEpoch
-        acc = run.config.accumulate_grad_batches
+        acc, elastic = self._acc, self._elastic
         # gradients are applied every `acc` batches and at the epoch's last batch
         accumulate = acc > 1 and not ((batch_idx + 1) % acc == 0 or is_last)
         outputs: dict[str, Any] = {}
@@ -253,7 +256,9 @@ class Loop:
                 if out is None and runtime.world_size > 1:
                     raise RuntimeError(_NONE_IN_DDP)
                 loss, extra = (out, None) if type(out) is torch.Tensor else _split_training_output(out)
-                if loss is not None and acc != 1:
+                if loss is not None and elastic is not None:
+                    loss = loss * elastic.loss_weight(batch_idx)  # by sample counts: the global batch's mean
+                elif loss is not None and acc != 1:
                     loss = loss / acc
                 if zero_grad:
                     if hooked["on_before_zero_grad"]:

@@ -66,6 +66,8 @@ def launch(trainer: Any, spec: RunSpec) -> Any:
     from raylit.launch.local import build_run
 
     p = resources.plan(trainer)
+    if trainer.config.elastic is not None:
+        resources.check_elastic(spec)
     fn = spec.fn
     # fault tolerance (raylit/launch/fault.py): restarts, and the resume directory every attempt restores from
     run_cfg, spec.fault = fault.driver_plan(trainer, fn, run_config(trainer, fn))
@@ -206,6 +208,13 @@ def run_worker(spec: RunSpec, device: Any, local_rank: int = 0, node_rank: int =
     # The runtime converts BatchNorm itself (on CPU too, and back at teardown): the run must not convert first
     # with torch's CUDA-only SyncBatchNorm.
     spec.config = dataclasses.replace(config, sync_batchnorm=False)
+    if config.elastic is not None:  # the same global batches at this world size (raylit/distributed/elastic.py)
+        from raylit.distributed.elastic import ElasticPlan
+
+        runtime.elastic = ElasticPlan(config.elastic[1], runtime.world_size, runtime.global_rank,
+                                      config.accumulate_grad_batches)
+        if runtime.is_global_zero and spec.fn == "fit":
+            print(runtime.elastic.describe(), file=sys.stderr, flush=True)
     trainer = spec.trainer_cls._for_spec(spec)  # the driver's Trainer class (a user subclass included)
 
     from raylit.launch.restore import prepare_worker  # fault tolerance: restore this run's newest checkpoint
