@@ -12,18 +12,13 @@ The Ray test (a lost and returned raylet) is ``test_elastic_ray.py``.
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
+import _elastic_helpers as h
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from _elastic_helpers import Ids
+from torch.utils.data import DataLoader
 
-from raylit import LightningModule, Trainer
+from raylit import Trainer
 from raylit.distributed.elastic import ElasticPlan, GlobalBatchSampler, elastic_train_loader
 from raylit.state import TrainState
 from raylit.utilities.exceptions import MisconfigurationException
@@ -34,8 +29,9 @@ from raylit.utilities.exceptions import MisconfigurationException
 RTOL = ATOL = 1e-5
 
 
-def _sampler(n: int, bs: int, max_w: int, W: int, r: int, acc: int = 1, shuffle: bool = True,
-             drop_last: bool = False) -> tuple[ElasticPlan, GlobalBatchSampler]:
+def _sampler(
+    n: int, bs: int, max_w: int, W: int, r: int, acc: int = 1, shuffle: bool = True, drop_last: bool = False
+) -> tuple[ElasticPlan, GlobalBatchSampler]:
     plan = ElasticPlan(max_w, W, r, acc)
     plan.sampler = GlobalBatchSampler(n, bs, plan, shuffle, seed=3, drop_last=drop_last)
     return plan, plan.sampler
@@ -57,8 +53,9 @@ def _steps(n: int, bs: int, max_w: int, W: int, acc: int = 1, epoch: int = 0, dr
     return [(sorted(v["ids"]), v["mean"]) for _, v in sorted(steps.items())]
 
 
-@pytest.mark.parametrize("n,bs,acc,drop_last", [(64, 4, 1, False), (70, 3, 2, False), (37, 2, 1, False),
-                                                (37, 2, 1, True), (10, 4, 1, False)])
+@pytest.mark.parametrize(
+    "n,bs,acc,drop_last", [(64, 4, 1, False), (70, 3, 2, False), (37, 2, 1, False), (37, 2, 1, True), (10, 4, 1, False)]
+)
 def test_same_global_batches_and_global_mean_at_any_world_size(n, bs, acc, drop_last) -> None:
     full = _steps(n, bs, 4, 4, acc, drop_last=drop_last)
     for W in (2, 1, 3):
@@ -99,25 +96,12 @@ def test_rescale_position_between_world_sizes() -> None:
         ElasticPlan(4, 1, 0).rescale_position(st, {"elastic": {"micro_steps": 1, "max_workers": 8}})
 
 
-class _Ids(Dataset):
-    def __init__(self, n: int) -> None:
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randn(n, 3, generator=g)
-        self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1 * torch.randn(n, 1, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], self.y[i], i
-
-
 def test_loader_checks() -> None:
     plan = ElasticPlan(2, 1, 0)
-    loader = elastic_train_loader(DataLoader(_Ids(10), batch_size=2, shuffle=True), plan)
+    loader = elastic_train_loader(DataLoader(Ids(10), batch_size=2, shuffle=True), plan)
     assert plan.sampler is loader.batch_sampler and len(loader) == 6  # 3 steps x 2 virtual ranks
     with pytest.raises(MisconfigurationException, match="custom sampler"):
-        elastic_train_loader(DataLoader(_Ids(10), batch_size=2, sampler=list(range(10))), plan)
+        elastic_train_loader(DataLoader(Ids(10), batch_size=2, sampler=list(range(10))), plan)
     with pytest.raises(MisconfigurationException, match="not a torch DataLoader"):
         elastic_train_loader([1, 2], plan)
 
@@ -145,90 +129,8 @@ def test_trainer_arguments() -> None:
 
 
 # --- the worker body on real process groups ------------------------------------------------------------------
-class ElasticModel(LightningModule):
-    """Deterministic (no dropout): records which samples each optimizer step trained and the per-sample loss."""
-
-    def __init__(self, record: str) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
-        self.record = record
-
-    def training_step(self, batch, batch_idx):
-        x, y, ids = batch
-        per_sample = ((self.net(x) - y) ** 2).mean(dim=1)
-        with open(f"{self.record}.{self.global_rank}", "a") as f:
-            f.write(json.dumps({"step": self.global_step, "epoch": self.current_epoch, "ids": ids.tolist(),
-                                "loss_sum": per_sample.sum().item()}) + "\n")
-        loss = per_sample.mean()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-        return loss
-
-    def configure_optimizers(self):
-        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
-        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)]
-
-    def train_dataloader(self):
-        return DataLoader(_Ids(N), batch_size=BATCH, shuffle=True)
-
-
 N, BATCH, MAX, EPOCHS = 44, 2, 4, 2  # global batch 8: 5 full steps + one of 4 samples per epoch, 12 steps
-
-
-def read_records(record: str) -> list[dict]:
-    rows = []
-    for path in Path(record).parent.glob(Path(record).name + ".*"):
-        rows += [json.loads(line) for line in path.read_text().splitlines()]
-    return rows
-
-
-def loss_curve(rows: list[dict]) -> dict[int, float]:
-    """Mean loss over each optimizer step's global batch (0-based step), from the per-rank records."""
-    sums: dict[int, list[float]] = {}
-    for r in rows:
-        s = sums.setdefault(r["step"], [0.0, 0])
-        s[0] += r["loss_sum"]
-        s[1] += len(r["ids"])
-    return {k: v[0] / v[1] for k, v in sorted(sums.items())}
-
-
-def _fit(world: int, rank: int, root: str, tag: str, max_steps: int = -1, ckpt: str | None = None) -> None:
-    from raylit.launch.ray import run_worker
-    from raylit.loggers.continuity import LoggerContinuity
-    from raylit.resume import ResumeCheckpoint
-
-    trainer = Trainer(accelerator="cpu", elastic=(1, MAX), max_epochs=EPOCHS, max_steps=max_steps, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      deterministic=True, callbacks=[ResumeCheckpoint(os.path.join(root, "resume"),
-                                                                      every_n_train_steps=1, every_n_seconds=None,
-                                                                      keep=100), LoggerContinuity()])
-    model = ElasticModel(os.path.join(root, f"{tag}.jsonl"))
-    spec = trainer._spec("fit", model, ckpt_path=ckpt)
-    spec.seed, spec.cwd = "5", None
-    out = run_worker(spec, "cpu", local_rank=rank)
-    if rank == 0:
-        torch.save({"weights": out["results"]["state_dict"], "state": out["results"]["state"],
-                    "metrics": {k: float(v) for k, v in out["results"]["callback_metrics"].items()}},
-                   os.path.join(root, f"{tag}.pt"))
-
-
-def _entry(rank: int, world: int, init_file: str, root: str, runs: list) -> None:
-    os.environ["PL_GLOBAL_SEED"] = "5"
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        for tag, max_steps, ckpt in runs:
-            _fit(world, rank, root, tag, max_steps, ckpt)
-            dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    from test_distributed import _exit_now
-
-    _exit_now()
-
-
-def _spawn(world: int, tmp_path: Path, runs: list, name: str) -> None:
-    mp.spawn(_entry, args=(world, str(tmp_path / f"pg_{name}"), str(tmp_path), runs), nprocs=world, join=True)
+CFG = {"n": N, "batch": BATCH, "max_workers": MAX, "epochs": EPOCHS}
 
 
 def test_resized_run_matches_full_size_run(tmp_path) -> None:
@@ -236,25 +138,17 @@ def test_resized_run_matches_full_size_run(tmp_path) -> None:
     to the end, each resuming the previous part's newest resume checkpoint, against an uninterrupted 4-process
     run and a 2-process run from the start. Same global batches step by step, each sample once per epoch, same
     global_step, weights equal to float-reordering tolerance."""
-    resume = tmp_path / "resume"
-    _spawn(4, tmp_path, [("full", -1, None), ("part1", 4, None)], "a")
-    part1_ckpt = str(resume / "resume-step=4.ckpt")
-    _spawn(2, tmp_path, [("part2", 9, part1_ckpt), ("two", -1, None)], "b")
-    _spawn(4, tmp_path, [("part3", -1, str(resume / "resume-step=9.ckpt"))], "c")
+    resume, root = tmp_path / "resume", str(tmp_path)
+    h.spawn(4, root, CFG, [("full", -1, None), ("part1", 4, None)], "a")
+    h.spawn(2, root, CFG, [("part2", 9, str(resume / "resume-step=4.ckpt")), ("two", -1, None)], "b")
+    h.spawn(4, root, CFG, [("part3", -1, str(resume / "resume-step=9.ckpt"))], "c")
 
     full = torch.load(tmp_path / "full.pt")
     steps_per_epoch = -(-N // (BATCH * MAX))
     assert full["state"]["global_step"] == EPOCHS * steps_per_epoch
-    resized = [r for tag in ("part1", "part2", "part3") for r in read_records(str(tmp_path / f"{tag}.jsonl"))]
-    reference = read_records(str(tmp_path / "full.jsonl"))
-
-    def batches(rows):
-        out: dict[int, list] = {}
-        for r in rows:
-            out.setdefault(r["step"], []).extend(r["ids"])
-        return {k: sorted(v) for k, v in out.items()}
-
-    assert batches(resized) == batches(reference)  # the same samples in every optimizer step
+    resized = [r for tag in ("part1", "part2", "part3") for r in h.read_records(str(tmp_path / f"{tag}.jsonl"))]
+    reference = h.read_records(str(tmp_path / "full.jsonl"))
+    assert h.batches(resized) == h.batches(reference)  # the same samples in every optimizer step
     for epoch in range(EPOCHS):
         ids = sorted(i for r in resized if r["epoch"] == epoch for i in r["ids"])
         assert ids == list(range(N))  # every sample exactly once per epoch
@@ -266,5 +160,5 @@ def test_resized_run_matches_full_size_run(tmp_path) -> None:
         worst = max((other["weights"][k] - v).abs().max().item() for k, v in full["weights"].items())
         print(f"[elastic] max |weight - uninterrupted 4-process weight| = {worst:.2e}")
         assert other["metrics"]["train_loss"] == pytest.approx(full["metrics"]["train_loss"], rel=1e-5)
-    a, b = loss_curve(resized), loss_curve(reference)
+    a, b = h.loss_curve(resized), h.loss_curve(reference)
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(b[k])) for k in a)

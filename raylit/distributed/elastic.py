@@ -77,13 +77,17 @@ class ElasticPlan:
         return [v if v < self.max_workers else None for v in range(rank * k, rank * k + k)]
 
     def describe(self) -> str:
-        text = (f"raylit: elastic run on {self.world_size} of max {self.max_workers} workers: each worker trains "
-                f"{self.micro_steps} micro-batch(es) per optimizer step; the global batch is unchanged")
+        text = (
+            f"raylit: elastic run on {self.world_size} of max {self.max_workers} workers: each worker trains "
+            f"{self.micro_steps} micro-batch(es) per optimizer step; the global batch is unchanged"
+        )
         if self.padded:
             waste = self.virtual_per_rank * self.world_size - self.max_workers
-            text += (f" ({self.world_size} does not divide {self.max_workers}: {waste} of "
-                     f"{self.virtual_per_rank * self.world_size} micro-batches per accumulation step are "
-                     "weight-0 padding; a world size dividing max_workers wastes no compute)")
+            text += (
+                f" ({self.world_size} does not divide {self.max_workers}: {waste} of "
+                f"{self.virtual_per_rank * self.world_size} micro-batches per accumulation step are "
+                "weight-0 padding; a world size dividing max_workers wastes no compute)"
+            )
         return text
 
     def loss_weight(self, batch_idx: int) -> float:
@@ -106,7 +110,8 @@ class ElasticPlan:
         if info and int(info.get("max_workers", self.max_workers)) != self.max_workers:
             raise MisconfigurationException(
                 f"Trainer(elastic=(..., {self.max_workers})) cannot resume a checkpoint of an elastic run with "
-                f"max_workers={info['max_workers']}: the global batch would change. Keep max_workers.")
+                f"max_workers={info['max_workers']}: the global batch would change. Keep max_workers."
+            )
         new = self.micro_steps
         if old == new:
             return
@@ -125,8 +130,9 @@ class GlobalBatchSampler(Sampler):
     Every rank and every world size compute the same global batches; only the slots each rank takes differ.
     """
 
-    def __init__(self, n: int, batch_size: int, plan: ElasticPlan, shuffle: bool, seed: int,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self, n: int, batch_size: int, plan: ElasticPlan, shuffle: bool, seed: int, drop_last: bool = False
+    ) -> None:
         self.n, self.batch_size, self.plan, self.shuffle, self.seed = n, batch_size, plan, shuffle, seed
         self.drop_last = drop_last
         self.epoch = 0
@@ -210,10 +216,17 @@ def elastic_train_loader(loader: Any, plan: ElasticPlan, shuffle: bool | None = 
         raise MisconfigurationException(
             f"Trainer(elastic=...) needs the training data as a map-style dataset in a torch DataLoader "
             f"(batch_size=..., shuffle=True/False), so that raylit can cut each epoch into the same global "
-            f"batches at any number of workers; got {what}. Use such a DataLoader, or run without elastic=.")
+            f"batches at any number of workers; got {what}. Use such a DataLoader, or run without elastic=."
+        )
     batch_sampler = loader.batch_sampler
     do_shuffle = isinstance(batch_sampler.sampler, RandomSampler) if shuffle is None else shuffle
-    sampler = GlobalBatchSampler(len(loader.dataset), batch_sampler.batch_size, plan, do_shuffle,
-                                 int(os.environ.get("PL_GLOBAL_SEED", "0")), batch_sampler.drop_last)
+    sampler = GlobalBatchSampler(
+        len(loader.dataset),
+        batch_sampler.batch_size,
+        plan,
+        do_shuffle,
+        int(os.environ.get("PL_GLOBAL_SEED", "0")),
+        batch_sampler.drop_last,
+    )
     plan.sampler = sampler
     return _rebuild_loader(loader, batch_sampler=sampler)
