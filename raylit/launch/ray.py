@@ -41,6 +41,7 @@ from raylit.launch.spec import RunSpec, pack, unpack
 # Ray Train settings we change unless the user set them: the print patch duplicates every worker print; the
 # preemption watcher logs a core-worker warning at start-up (and matters only on spot/preemptible nodes).
 _TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+ELASTIC_START_TIMEOUT_S = "15"  # an elastic run's placement-group wait, unless RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
 
 
 def run_config(trainer: Any, fn: str) -> Any:
@@ -105,6 +106,10 @@ def launch(trainer: Any, spec: RunSpec) -> Any:
             # The controller notices that the workers finished at its next poll (every 2 s by default). Polling
             # a handful of local workers more often is cheap; on a shared cluster Ray's default stays.
             env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
+        if trainer.config.elastic is not None:
+            # After a lost node the controller first retries the old size on a resource view that still has
+            # the node, and waits for that placement group (60 s by default) before it tries what fits now.
+            env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = ELASTIC_START_TIMEOUT_S
         with _env_defaults(env):
             result = torch_trainer.fit()
     except Exception as err:
