@@ -73,9 +73,12 @@ def test_lose_a_node_continue_on_fewer_grow_back_same_math(ray_cluster, tmp_path
         scaling_config=ScalingConfig(
             num_workers=(2, MAX), resources_per_worker={"CPU": 0.5}, elastic_resize_monitor_interval_s=1.0
         ),
-        run_config=RunConfig(name="elastic", storage_path=str(tmp_path / "storage"),
-                             failure_config=FailureConfig(max_failures=3),
-                             logging_config=LoggingConfig(log_level="WARNING")),
+        run_config=RunConfig(
+            name="elastic",
+            storage_path=str(tmp_path / "storage"),
+            failure_config=FailureConfig(max_failures=3),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
     )
     model = h.ElasticModel(os.path.join(root, "ray.jsonl"), N, BATCH)
     failure: list[BaseException] = []
@@ -99,8 +102,11 @@ def test_lose_a_node_continue_on_fewer_grow_back_same_math(ray_cluster, tmp_path
         returned_at = time.time()
         # a replacement node on the same address; its temp dir must not contain the old one's name (old.stop()
         # kills every process whose command line mentions that)
-        new = RayNode([f"--address={cluster.address}", "--node-ip-address=127.0.0.2", *cluster._common()],
-                      os.path.join(cluster.root, "n2e"), cluster.env())
+        new = RayNode(
+            [f"--address={cluster.address}", "--node-ip-address=127.0.0.2", *cluster._common()],
+            os.path.join(cluster.root, "n2e"),
+            cluster.env(),
+        )
         new.start()
         cluster.nodes[1] = new
         runner.join(timeout=300)
@@ -144,6 +150,8 @@ def test_lose_a_node_continue_on_fewer_grow_back_same_math(ray_cluster, tmp_path
         first.setdefault((r["ws"], r["start"]), r)
     on2 = min(r["time"] for (ws, _), r in first.items() if ws == 2)
     on4 = min(r["time"] for (ws, s), r in first.items() if ws == 4 and s > 0)
-    print(f"[elastic] max |weight - uninterrupted| = {worst:.2e}; node lost -> first step on 2 workers: "
-          f"{on2 - killed_at:.1f} s; node back -> first step on 4 workers: {on4 - returned_at:.1f} s; "
-          f"sizes {sizes}; total {total:.1f} s")
+    print(
+        f"[elastic] max |weight - uninterrupted| = {worst:.2e}; node lost -> first step on 2 workers: "
+        f"{on2 - killed_at:.1f} s; node back -> first step on 4 workers: {on4 - returned_at:.1f} s; "
+        f"sizes {sizes}; total {total:.1f} s"
+    )
