@@ -188,7 +188,9 @@ class Loaders:
         n = self.num_training_batches
         if n == math.inf:
             return config.max_steps
-        total = math.ceil(n / config.accumulate_grad_batches) * max(config.max_epochs, 1)
+        elastic = self.run.runtime.elastic  # below max_workers, each optimizer step takes k times the batches
+        acc = config.accumulate_grad_batches * (elastic.virtual_per_rank if elastic is not None else 1)
+        total = math.ceil(n / acc) * max(config.max_epochs, 1)
         return min(total, config.max_steps) if config.max_steps != -1 else total
 
 

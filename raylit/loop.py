@@ -43,6 +43,7 @@ class Loop:
         self._step_takes_idx: dict[str, bool] = {}
         self._hooked: dict[str, bool] = {}
         self._default: dict[str, bool] = {}
+        self._elastic: Any = None  # the run's ElasticPlan (set per epoch in _cache_decisions)
 
     # --- shared pieces ----------------------------------------------------------------------------------
     def _transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -377,6 +378,8 @@ class Loop:
         if not run.lr_scheduler_configs or not self.module.automatic_optimization:
             return
         st = run.state
+        if interval == "step" and self._elastic is not None:  # count the full-size run's batches at any W
+            batch_idx = (batch_idx + 1) // self._elastic.virtual_per_rank - 1
         idx = (batch_idx if interval == "step" else st.current_epoch) + 1
         for cfg in run.lr_scheduler_configs:
             if cfg.reduce_on_plateau != plateau or cfg.interval != interval or idx % cfg.frequency != 0:

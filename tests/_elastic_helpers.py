@@ -39,7 +39,7 @@ class Ids(Dataset):
 
 
 class ElasticModel(LightningModule):
-    """Deterministic (no dropout); SGD with momentum and a step LR schedule (state a resume must carry)."""
+    """Deterministic (no dropout); SGD with momentum and a per-step LR schedule (state a resume must carry)."""
 
     def __init__(self, record: str, n: int, batch_size: int, lr: float = 0.1) -> None:
         super().__init__()
@@ -49,6 +49,7 @@ class ElasticModel(LightningModule):
 
     def on_train_start(self) -> None:
         self.start_step = self.global_step  # identifies the attempt (each restores a newer checkpoint)
+        self.estimated = self.trainer.estimated_stepping_batches  # optimizer steps of the whole fit, at any W
 
     def training_step(self, batch, batch_idx):
         x, y, ids = batch
@@ -59,6 +60,7 @@ class ElasticModel(LightningModule):
             "ws": self.trainer.world_size,
             "pid": os.getpid(),
             "start": self.start_step,
+            "estimated": self.estimated,
             "time": time.time(),
             "ids": ids.tolist(),
             "loss_sum": per_sample.sum().item(),
@@ -71,7 +73,9 @@ class ElasticModel(LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
-        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.7)]
+        # stepped every 2nd optimizer step: counted in full-size batches at any world size
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.8)
+        return [opt], [{"scheduler": sched, "interval": "step", "frequency": 2}]
 
     def train_dataloader(self):
         return DataLoader(Ids(self.n), batch_size=self.batch_size, shuffle=True)

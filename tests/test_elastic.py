@@ -149,6 +149,9 @@ def test_resized_run_matches_full_size_run(tmp_path) -> None:
     resized = [r for tag in ("part1", "part2", "part3") for r in h.read_records(str(tmp_path / f"{tag}.jsonl"))]
     reference = h.read_records(str(tmp_path / "full.jsonl"))
     assert h.batches(resized) == h.batches(reference)  # the same samples in every optimizer step
+    two = h.read_records(str(tmp_path / "two.jsonl"))
+    assert {r["estimated"] for r in two + reference} == {EPOCHS * steps_per_epoch}  # at W=2 as at W=4
+    assert h.batches(two) == h.batches(reference)
     for epoch in range(EPOCHS):
         ids = sorted(i for r in resized if r["epoch"] == epoch for i in r["ids"])
         assert ids == list(range(N))  # every sample exactly once per epoch
