@@ -55,9 +55,10 @@ def test_lose_a_node_continue_on_fewer_grow_back_same_math(ray_cluster, tmp_path
     cluster = ray_cluster
     monkeypatch.setenv("PL_GLOBAL_SEED", "5")
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    # after a node loss the controller tries the old size again while its resource view still has the dead node:
-    # its placement group wait (raylit's elastic default: 15 s) then ends sooner
-    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3")
+    # after a node loss the controller retries the old size while its resource view still has the dead node; raylit
+    # waits 5 s for that placement group (Ray: 60 s). benchmarks/bench_elastic.py varies it here.
+    if os.environ.get("RAYLIT_TEST_START_TIMEOUT_S"):
+        monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", os.environ["RAYLIT_TEST_START_TIMEOUT_S"])
     root = str(tmp_path)
     resume = tmp_path / "resume"
     lost, back = tmp_path / "paused4", tmp_path / "paused2"

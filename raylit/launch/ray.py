@@ -41,7 +41,7 @@ from raylit.launch.spec import RunSpec, pack, unpack
 # Ray Train settings we change unless the user set them: the print patch duplicates every worker print; the
 # preemption watcher logs a core-worker warning at start-up (and matters only on spot/preemptible nodes).
 _TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-ELASTIC_START_TIMEOUT_S = "15"  # an elastic run's placement-group wait, unless RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
+ELASTIC_START_TIMEOUT_S = "5"  # an elastic run's placement-group wait, unless RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
 
 
 def run_config(trainer: Any, fn: str) -> Any:
