@@ -230,6 +230,8 @@ class Loop:
         run, hooks, st, module, hooked = self.run, self.hooks, self.run.state, self.module, self._hooked
         batch = self._transfer(batch, 0)
         self.metrics.begin_batch(batch)
+        if self._elastic is not None and self._elastic.loss_weight(batch_idx) == 0:
+            self.metrics.store.batch_size = 0  # a padding micro-batch: no weight in epoch means either
         if hooked["on_train_batch_start"] and hooks.both("on_train_batch_start", batch, batch_idx) == -1:
             self.update_lr_schedulers("epoch", plateau=False)
             raise _StopEpoch

@@ -12,6 +12,8 @@ The Ray test (a lost and returned raylet) is ``test_elastic_ray.py``.
 
 from __future__ import annotations
 
+import json
+
 import _elastic_helpers as h
 import pytest
 import torch
@@ -136,12 +138,13 @@ CFG = {"n": N, "batch": BATCH, "max_workers": MAX, "epochs": EPOCHS}
 def test_resized_run_matches_full_size_run(tmp_path) -> None:
     """4 processes for 4 steps (to mid-epoch 1) -> 2 processes to step 9 (across the epoch boundary) -> 4 processes
     to the end, each resuming the previous part's newest resume checkpoint, against an uninterrupted 4-process
-    run and a 2-process run from the start. Same global batches step by step, each sample once per epoch, same
-    global_step, weights equal to float-reordering tolerance."""
+    run, a 2-process run and a 3-process run (padded) from the start. Same global batches step by step, each
+    sample once per epoch, same global_step, weights and epoch means equal to float-reordering tolerance."""
     resume, root = tmp_path / "resume", str(tmp_path)
     h.spawn(4, root, CFG, [("full", -1, None), ("part1", 4, None)], "a")
     h.spawn(2, root, CFG, [("part2", 9, str(resume / "resume-step=4.ckpt")), ("two", -1, None)], "b")
     h.spawn(4, root, CFG, [("part3", -1, str(resume / "resume-step=9.ckpt"))], "c")
+    h.spawn(3, root, CFG, [("three", -1, None)], "d")  # 3 does not divide 4: weight-0 padding micro-batches
 
     full = torch.load(tmp_path / "full.pt")
     steps_per_epoch = -(-N // (BATCH * MAX))
@@ -157,7 +160,10 @@ def test_resized_run_matches_full_size_run(tmp_path) -> None:
         assert ids == list(range(N))  # every sample exactly once per epoch
     end = torch.load(tmp_path / "part3.pt")
     assert end["state"]["global_step"] == full["state"]["global_step"]
-    for other in (end, torch.load(tmp_path / "two.pt")):
+    # at W=3 ranks 0 and 1 train virtual ranks 0-3; rank 2 only padding (copies of real micro-batches, weight 0)
+    real = [json.loads(line) for r in (0, 1) for line in (tmp_path / f"three.jsonl.{r}").read_text().splitlines()]
+    assert h.batches(real) == h.batches(reference)
+    for other in (end, torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "three.pt")):
         for k, v in full["weights"].items():
             torch.testing.assert_close(other["weights"][k], v, rtol=RTOL, atol=ATOL)
         worst = max((other["weights"][k] - v).abs().max().item() for k, v in full["weights"].items())
