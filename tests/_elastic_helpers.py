@@ -41,10 +41,10 @@ class Ids(Dataset):
 class ElasticModel(LightningModule):
     """Deterministic (no dropout); SGD with momentum and a per-step LR schedule (state a resume must carry)."""
 
-    def __init__(self, record: str, n: int, batch_size: int, lr: float = 0.1) -> None:
+    def __init__(self, record: str, n: int, batch_size: int, lr: float = 0.1, dropout: float = 0.0) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Dropout(dropout), nn.Linear(8, 1))
         self.record, self.n, self.batch_size, self.lr = record, n, batch_size, lr
 
     def on_train_start(self) -> None:
@@ -147,11 +147,13 @@ class PauseAt(Callback):
 
 
 # --- the worker body on hand-made gloo process groups (no Ray) ---------------------------------------------------
-def trainer_args(root: str, epochs: int, max_workers: int, every: int = 1) -> dict:
+def trainer_args(root: str, epochs: int, max_workers: int, every: int = 1, resume_name: str = "resume") -> dict:
     from raylit.loggers.continuity import LoggerContinuity
     from raylit.resume import ResumeCheckpoint
 
-    resume = ResumeCheckpoint(os.path.join(root, "resume"), every_n_train_steps=every, every_n_seconds=None, keep=100)
+    resume = ResumeCheckpoint(
+        os.path.join(root, resume_name), every_n_train_steps=every, every_n_seconds=None, keep=100
+    )
     return dict(
         accelerator="cpu",
         max_epochs=epochs,
@@ -169,12 +171,12 @@ def _fit(rank: int, root: str, cfg: dict, tag: str, max_steps: int, ckpt: str | 
     from raylit import Trainer
     from raylit.launch.ray import run_worker
 
-    kwargs = trainer_args(root, cfg["epochs"], cfg["max_workers"])
+    kwargs = trainer_args(root, cfg["epochs"], cfg["max_workers"], resume_name=cfg.get("resume", "resume"))
     if not cfg.get("elastic", True):  # raylit without elastic=: the per-worker batch stays, the global one changes
         kwargs.pop("elastic")
         kwargs["devices"] = 2
     trainer = Trainer(max_steps=max_steps, **kwargs)
-    model = ElasticModel(os.path.join(root, f"{tag}.jsonl"), cfg["n"], cfg["batch"])
+    model = ElasticModel(os.path.join(root, f"{tag}.jsonl"), cfg["n"], cfg["batch"], dropout=cfg.get("dropout", 0.0))
     spec = trainer._spec("fit", model, ckpt_path=ckpt)
     spec.seed, spec.cwd = "5", None
     out = run_worker(spec, "cpu", local_rank=rank)
@@ -196,8 +198,8 @@ def _entry(rank: int, world: int, init_file: str, root: str, cfg: dict, runs: li
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        for tag, max_steps, ckpt in runs:
-            _fit(rank, root, cfg, tag, max_steps, ckpt)
+        for tag, max_steps, ckpt, *overrides in runs:
+            _fit(rank, root, {**cfg, **(overrides[0] if overrides else {})}, tag, max_steps, ckpt)
             dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -208,8 +210,8 @@ def _entry(rank: int, world: int, init_file: str, root: str, cfg: dict, runs: li
     os._exit(0)  # as test_distributed._exit_now: skip the interpreter teardown that torch sometimes aborts
 
 
-def spawn(world: int, root: str, cfg: dict, runs: list[tuple[str, int, str | None]], name: str) -> None:
-    """Run ``runs`` ((tag, max_steps, ckpt_path), one after the other) on ``world`` processes; each saves
+def spawn(world: int, root: str, cfg: dict, runs: list[tuple], name: str) -> None:
+    """Run ``runs`` ((tag, max_steps, ckpt_path[, cfg overrides]), one after the other) on ``world`` processes; each saves
     ``<root>/<tag>.pt`` (weights, state, metrics) and records ``<root>/<tag>.jsonl.<rank>``."""
     import torch.multiprocessing as mp
 
