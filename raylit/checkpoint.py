@@ -192,6 +192,8 @@ def restore_training_state(run: Any, ckpt: dict[str, Any]) -> None:
     if scaler_state:
         run.precision.load_state_dict(scaler_state)
     run.state.restore(ckpt, runtime.global_rank, runtime.world_size)
+    if runtime.elastic is not None:  # the position in the epoch, in this world size's micro-batches
+        runtime.elastic.rescale_position(run.state, raylit_section(ckpt) or {})
 
 
 def resolve_ckpt_path(trainer: Any, ckpt_path: Any, fn: str, model_given: bool) -> str | None:

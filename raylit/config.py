@@ -37,6 +37,7 @@ class TrainerConfig:
     strategy: str = "auto"
     num_workers: int = 1                      # processes the run needs: devices x nodes, or the ScalingConfig's
     scaling_config: Any = None
+    elastic: tuple[int, int] | None = None    # (min_workers, max_workers): raylit/distributed/elastic.py
     run_config: Any = None
     precision: str = "32-true"
     sync_batchnorm: bool = False
@@ -92,6 +93,7 @@ class TrainerConfig:
         _check_val_cadence(values)
         _check_optimization(values)
         _apply_fast_dev_run(values)
+        _check_elastic(values)
         if values["default_root_dir"] is not None:
             values["default_root_dir"] = os.fspath(values["default_root_dir"])
         names = {f.name for f in dataclasses.fields(cls)}
@@ -104,7 +106,7 @@ class TrainerConfig:
     @property
     def uses_ray(self) -> bool:
         """Whether ``fit``/``validate``/... hand the run to Ray Train workers instead of running in-process."""
-        return self.num_workers > 1 or self.scaling_config is not None
+        return self.num_workers > 1 or self.scaling_config is not None or self.elastic is not None
 
     @property
     def device(self) -> torch.device:
@@ -140,7 +142,8 @@ def _check_hardware(v: dict[str, Any]) -> None:
     workers = len(v["device_ids"]) * num_nodes
     scaling = v["scaling_config"]
     if scaling is not None and getattr(scaling, "num_workers", None):
-        workers = int(scaling.num_workers)
+        n = scaling.num_workers  # (min, max): Ray's elastic range, checked in _check_elastic
+        workers = int(n[1]) if isinstance(n, (tuple, list)) and len(n) == 2 else int(n)
     v["num_workers"] = workers
     if strategy == "single_device" and workers > 1:
         raise MisconfigurationException(
@@ -248,6 +251,55 @@ def _check_optimization(v: dict[str, Any]) -> None:
             f"`deterministic={v['deterministic']!r}`: expected True, False, 'warn' or None")
     if v["deterministic"] and v["benchmark"] is None:
         v["benchmark"] = False
+
+
+def _check_elastic(v: dict[str, Any]) -> None:
+    """``elastic=(min, max)`` or ``ScalingConfig(num_workers=(min, max))``: the global batch stays that of
+    max_workers at any world size (raylit/distributed/elastic.py), which needs a plain training loop."""
+    elastic, scaling = v.get("elastic"), v["scaling_config"]
+    ray_range = getattr(scaling, "num_workers", None) if scaling is not None else None
+    ray_range = tuple(ray_range) if isinstance(ray_range, (tuple, list)) else None
+    if elastic is None and ray_range is None:
+        return
+    accepted = "a (min_workers, max_workers) pair of ints with 1 <= min <= max and max divisible by min"
+    if elastic is not None:
+        if (not isinstance(elastic, (tuple, list)) or len(elastic) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in elastic)):
+            raise MisconfigurationException(f"`Trainer(elastic={elastic!r})` is not valid: expected {accepted}.")
+        elastic = tuple(elastic)
+        if scaling is not None and ray_range != elastic:
+            raise MisconfigurationException(
+                f"`Trainer(elastic={elastic!r})` disagrees with the ScalingConfig's num_workers="
+                f"{scaling.num_workers!r}: give the range once (elastic=, or ScalingConfig(num_workers=(min, max))).")
+    mn, mx = elastic if elastic is not None else ray_range
+    if not (1 <= mn <= mx) or mx % mn:
+        raise MisconfigurationException(
+            f"elastic range (min_workers={mn}, max_workers={mx}) is not valid: expected {accepted} (a run on "
+            f"min_workers trains max/min micro-batches per worker and optimizer step).")
+    given_devices = v["devices"] not in (None, "auto")
+    if elastic is not None and scaling is None and given_devices and len(v["device_ids"]) * v["num_nodes"] != mx:
+        raise MisconfigurationException(
+            f"`Trainer(devices={v['devices']!r}, num_nodes={v['num_nodes']}, elastic={elastic!r})`: devices x "
+            f"num_nodes = {len(v['device_ids']) * v['num_nodes']} workers is the full size and must equal "
+            f"max_workers={mx}; or leave devices='auto'.")
+    problems = [(name, v[name], ok) for name, ok in (
+        ("limit_train_batches", "1.0"), ("overfit_batches", "0.0"), ("val_check_interval", "1.0 or a time"),
+        ("use_distributed_sampler", "True"), ("strategy", "'auto' or 'ddp'"))
+        if not (_elastic_ok(name, v[name]) or (name == "val_check_interval" and v["val_check_seconds"]))]
+    if problems:
+        name, value, ok = problems[0]
+        raise MisconfigurationException(
+            f"`Trainer({name}={value!r})` is not supported with an elastic range: the run's batches are counted "
+            f"per global batch, the same at any number of workers. Use {name}={ok}, or run without elastic.")
+    v["elastic"], v["num_workers"] = (mn, mx), mx
+
+
+def _elastic_ok(name: str, value: Any) -> bool:
+    if name == "val_check_interval":
+        return value == 1.0 and isinstance(value, float)
+    if name == "strategy":
+        return value in ("auto", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
+    return value == {"limit_train_batches": 1.0, "overfit_batches": 0.0, "use_distributed_sampler": True}[name]
 
 
 def _apply_fast_dev_run(v: dict[str, Any]) -> None:

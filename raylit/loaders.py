@@ -85,7 +85,12 @@ class Loaders:
         overfit = config.overfit_batches > 0 and stage in ("train", "val")
         if overfit:
             loader = loader.map(without_shuffle) if isinstance(loader, CombinedLoader) else without_shuffle(loader)
-        if config.use_distributed_sampler and run.runtime.distributed:
+        elastic = run.runtime.elastic is not None and stage == "train"
+        if elastic and isinstance(loader, CombinedLoader):
+            raise MisconfigurationException(
+                "Trainer(elastic=...) supports one training DataLoader; got several (a CombinedLoader). Merge the "
+                "datasets into one (torch.utils.data.ConcatDataset) or run without elastic=.")
+        if config.use_distributed_sampler and (run.runtime.distributed or elastic):
             shuffle = False if overfit else None
             loader = loader.shard(run.runtime, stage, shuffle) if isinstance(loader, CombinedLoader) else \
                 run.runtime.setup_dataloader(loader, stage, shuffle=shuffle)
@@ -210,7 +215,9 @@ class Loaders:
         n = self.num_training_batches
         if n == math.inf:
             return config.max_steps
-        total = math.ceil(n / config.accumulate_grad_batches) * max(config.max_epochs, 1)
+        elastic = self.run.runtime.elastic  # below max_workers, each optimizer step takes k times the batches
+        acc = config.accumulate_grad_batches * (elastic.virtual_per_rank if elastic is not None else 1)
+        total = math.ceil(n / acc) * max(config.max_epochs, 1)
         return min(total, config.max_steps) if config.max_steps != -1 else total
 
 

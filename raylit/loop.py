@@ -43,6 +43,7 @@ class Loop:
         self._step_takes_idx: dict[str, bool] = {}
         self._hooked: dict[str, bool] = {}
         self._default: dict[str, bool] = {}
+        self._elastic: Any = None  # the run's ElasticPlan (set per epoch in _cache_decisions)
 
     # --- shared pieces ----------------------------------------------------------------------------------
     def _transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -85,6 +86,9 @@ class Loop:
         self._hooked = {name: hooks.overridden(name) for name in _BATCH_HOOKS}
         config = self.run.config
         self._clip = config.gradient_clip_val or not d["configure_gradient_clipping"]
+        # an elastic run below max_workers trains k virtual ranks per process: k times the micro-batches per step
+        self._elastic = elastic = self.runtime.elastic
+        self._acc = config.accumulate_grad_batches * (elastic.virtual_per_rank if elastic is not None else 1)
 
     # --- when things happen -------------------------------------------------------------------------------
     def validation_enabled(self) -> bool:
@@ -228,10 +232,12 @@ class Loop:
         run, hooks, st, module, hooked = self.run, self.hooks, self.run.state, self.module, self._hooked
         batch = self._transfer(batch, 0)
         self.metrics.begin_batch(batch)
+        if self._elastic is not None and self._elastic.loss_weight(batch_idx) == 0:
+            self.metrics.store.batch_size = 0  # a padding micro-batch: no weight in epoch means either
         if hooked["on_train_batch_start"] and hooks.both("on_train_batch_start", batch, batch_idx) == -1:
             self.update_lr_schedulers("epoch", plateau=False)
             raise _StopEpoch
-        acc = run.config.accumulate_grad_batches
+        acc, elastic = self._acc, self._elastic
         # gradients are applied every `acc` batches and at the epoch's last batch
         accumulate = acc > 1 and not ((batch_idx + 1) % acc == 0 or is_last)
         outputs: dict[str, Any] = {}
@@ -255,7 +261,9 @@ class Loop:
                 if out is None and runtime.world_size > 1:
                     raise RuntimeError(_NONE_IN_DDP)
                 loss, extra = (out, None) if type(out) is torch.Tensor else _split_training_output(out)
-                if loss is not None and acc != 1:
+                if loss is not None and elastic is not None:
+                    loss = loss * elastic.loss_weight(batch_idx)  # by sample counts: the global batch's mean
+                elif loss is not None and acc != 1:
                     loss = loss / acc
                 if zero_grad:
                     if hooked["on_before_zero_grad"]:
@@ -372,6 +380,8 @@ class Loop:
         if not run.lr_scheduler_configs or not self.module.automatic_optimization:
             return
         st = run.state
+        if interval == "step" and self._elastic is not None:  # count the full-size run's batches at any W
+            batch_idx = (batch_idx + 1) // self._elastic.virtual_per_rank - 1
         idx = (batch_idx if interval == "step" else st.current_epoch) + 1
         for cfg in run.lr_scheduler_configs:
             if cfg.reduce_on_plateau != plateau or cfg.interval != interval or idx % cfg.frequency != 0:

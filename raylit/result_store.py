@@ -221,3 +221,26 @@ class ResultStore:
 
 def _is_metric(value: Any) -> bool:
     return hasattr(value, "compute") and hasattr(value, "_forward_cache") and hasattr(value, "reset")
+
+
+def merge_epoch_sums(per_rank: list[dict[str, Any]], world_size: int) -> dict[str, Any]:
+    """Every old rank's ``state_dict()`` combined into the state of one rank of ``world_size`` (an elastic run
+    restored at another size): additive sums (mean, sum) are split evenly over the new ranks, max/min combined.
+    A synced epoch value then equals the uninterrupted run's, and every rank's own mean is the old global one."""
+    merged: dict[tuple, list] = {}
+    for state in per_rank:
+        for fx, name, dl_idx, meta, total, weight in state.get("epoch_sums", []):
+            key = (fx, name, dl_idx)
+            if key not in merged:
+                merged[key] = [fx, name, dl_idx, meta, total.clone(), weight]
+                continue
+            entry, reduce = merged[key], meta[4]
+            if reduce in ("max", "min"):
+                entry[4] = torch.maximum(entry[4], total) if reduce == "max" else torch.minimum(entry[4], total)
+            else:
+                entry[4], entry[5] = entry[4] + total, entry[5] + weight
+    for entry in merged.values():
+        if entry[3][4] not in ("max", "min"):
+            entry[4], entry[5] = entry[4] / world_size, entry[5] / world_size
+    return {"epoch_sums": [tuple(e) for e in merged.values()]}
+

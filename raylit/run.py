@@ -258,6 +258,8 @@ class Run:
         per_rank = self.runtime.all_gather_object((state["rng"], state["epoch_start_rng"]))
         state["rng_per_rank"] = [r for r, _ in per_rank]
         state["epoch_start_rng_per_rank"] = [e for _, e in per_rank]
+        if self.runtime.elastic is not None:  # the unit of the batch counters: micro-batches per optimizer step
+            state["elastic"] = self.runtime.elastic.checkpoint_info()
         return state
 
     def export_results(self) -> dict[str, Any]:

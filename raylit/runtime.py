@@ -28,6 +28,7 @@ class Runtime:
     node_rank = 0
     world_size = 1
     num_nodes = 1
+    elastic: Any = None  # an ElasticPlan (raylit/distributed/elastic.py) in a Trainer(elastic=...) run
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)

@@ -84,11 +84,13 @@ class Trainer:
         barebones: bool = False, plugins: Any = None, sync_batchnorm: bool = False,
         reload_dataloaders_every_n_epochs: int = 0, default_root_dir: str | os.PathLike | None = None,
         enable_autolog_hparams: bool = True, model_registry: str | None = None, scaling_config: Any = None,
-        run_config: Any = None,
+        run_config: Any = None, elastic: tuple[int, int] | None = None,
     ) -> None:
         """Lightning's Trainer arguments, with their meanings. ``scaling_config`` / ``run_config`` take Ray
         Train's ``ScalingConfig`` / ``RunConfig`` for full control of a Ray run; they win over the values
-        raylit derives from ``accelerator``, ``devices`` and ``num_nodes``."""
+        raylit derives from ``accelerator``, ``devices`` and ``num_nodes``. ``elastic=(min_workers,
+        max_workers)`` lets Ray run between min and max workers while every optimizer step keeps the global
+        batch of max_workers (docs/elastic.md)."""
         config = TrainerConfig.from_kwargs(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         root = config.default_root_dir if config.default_root_dir is not None else os.getcwd()
         self._setup(config, build_callbacks(callbacks, config.enable_checkpointing, config.enable_progress_bar,

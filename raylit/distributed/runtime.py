@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from raylit.distributed.elastic import elastic_train_loader
 from raylit.distributed.samplers import shard_loader
 from raylit.distributed.sync_bn import Converted, convert_batchnorm, revert_batchnorm
 from raylit.runtime import Runtime, Shardable
@@ -202,6 +203,8 @@ class DistributedRuntime(Runtime):
 
     # --- data -----------------------------------------------------------------------------------------------
     def setup_dataloader(self, loader: Any, stage: str, *, shuffle: bool | None = None) -> Any:
+        if stage == "train" and self.elastic is not None:
+            return elastic_train_loader(loader, self.elastic, shuffle)  # the same global batches at any W
         if not self.use_distributed_sampler or self.world_size == 1:
             return loader
         if isinstance(loader, (list, tuple)):

@@ -45,10 +45,11 @@ What happens when a worker process, a node or the driver is lost during ``Traine
    row) and the state of logged torchmetrics objects; other loggers (MLflow, W&B) get the resumed run's rows
    again from the checkpoint on, without the lost attempt's being removed.
 
-Elastic training (``ScalingConfig(num_workers=(min, max))``) restarts the group at a new size: the batch size
-per worker stays, so the global batch changes with the number of workers, and a restore at another world
-size is not exact (data shards and RNG streams belong to the old size). Fixed-size runs wait for the
-resources to come back (e.g. a replacement node).
+Elastic training (``Trainer(elastic=(min, max))`` or ``ScalingConfig(num_workers=(min, max))``): Ray restarts
+the group at the size that fits, and every restart restores the newest resume checkpoint at that size with
+the same global batches (raylit/distributed/elastic.py: a world-size independent sampler, accumulation over
+the missing workers' micro-batches, the epoch position converted). Fixed-size runs wait for the resources to
+come back (e.g. a replacement node).
 
 Where the pieces are: this module is the driver and controller side (the ``RunConfig``, the resume directory,
 which failures are retried, quieter logs); raylit/launch/restore.py restores on every worker (points 3 and 5);
@@ -219,11 +220,24 @@ class _ControllerLogFilter(logging.Filter):
             return False
         if record.getMessage().startswith("Graceful shutdown of backend failed"):
             record.exc_info, record.exc_text = None, None
+        if _startup_timeout(exc) is not None:
+            # an elastic run after a lost node: the controller tried the old size on a stale resource view
+            record.msg, record.args = f"{_startup_timeout(exc)}; Ray Train retries with the workers that fit", ()
+            record.exc_info, record.exc_text = None, None
         return True
 
 
+def _startup_timeout(exc: BaseException | None) -> str | None:
+    for e in (exc, getattr(exc, "controller_failure", None)):
+        if e is not None and type(e).__name__ == "WorkerGroupStartupTimeoutError":
+            return str(e).split(". ")[0]
+    return None
+
+
 def _quiet_controller_logs() -> None:
-    for name in ("ray.train.v2._internal.execution.callback_manager", "ray.train.v2._internal.callbacks.backend_setup"):
+    for name in ("ray.train.v2._internal.execution.callback_manager", "ray.train.v2._internal.callbacks.backend_setup",
+                 "ray.train.v2._internal.execution.controller.controller",
+                 "ray.train.v2._internal.execution.failure_handling.default"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _ControllerLogFilter) for f in logger.filters):
             logger.addFilter(_ControllerLogFilter())

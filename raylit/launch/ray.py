@@ -41,6 +41,7 @@ from raylit.launch.spec import RunSpec, pack, unpack
 # Ray Train settings we change unless the user set them: the print patch duplicates every worker print; the
 # preemption watcher logs a core-worker warning at start-up (and matters only on spot/preemptible nodes).
 _TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+ELASTIC_START_TIMEOUT_S = "5"  # an elastic run's placement-group wait, unless RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
 
 
 def run_config(trainer: Any, fn: str) -> Any:
@@ -74,6 +75,8 @@ def launch(trainer: Any, spec: RunSpec) -> Any:
 
 def _launch(trainer: Any, spec: RunSpec, ray: Any, TorchTrainer: Any, fault: Any, build_run: Any) -> Any:
     p = resources.plan(trainer)
+    if trainer.config.elastic is not None:
+        resources.check_elastic(spec)
     fn = spec.fn
     # fault tolerance (raylit/launch/fault.py): restarts, and the resume directory every attempt restores from
     run_cfg, spec.fault = fault.driver_plan(trainer, fn, run_config(trainer, fn))
@@ -111,6 +114,10 @@ def _launch(trainer: Any, spec: RunSpec, ray: Any, TorchTrainer: Any, fault: Any
             # The controller notices that the workers finished at its next poll (every 2 s by default). Polling
             # a handful of local workers more often is cheap; on a shared cluster Ray's default stays.
             env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
+        if trainer.config.elastic is not None:
+            # After a lost node the controller first retries the old size on a resource view that still has
+            # the node, and waits for that placement group (60 s by default) before it tries what fits now.
+            env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = ELASTIC_START_TIMEOUT_S
         with _env_defaults(env):
             result = torch_trainer.fit()
     except Exception as err:
@@ -214,6 +221,13 @@ def run_worker(spec: RunSpec, device: Any, local_rank: int = 0, node_rank: int =
     # The runtime converts BatchNorm itself (on CPU too, and back at teardown): the run must not convert first
     # with torch's CUDA-only SyncBatchNorm.
     spec.config = dataclasses.replace(config, sync_batchnorm=False)
+    if config.elastic is not None:  # the same global batches at this world size (raylit/distributed/elastic.py)
+        from raylit.distributed.elastic import ElasticPlan
+
+        runtime.elastic = ElasticPlan(config.elastic[1], runtime.world_size, runtime.global_rank,
+                                      config.accumulate_grad_batches)
+        if runtime.is_global_zero and spec.fn == "fit":
+            print(runtime.elastic.describe(), file=sys.stderr, flush=True)
     trainer = spec.trainer_cls._for_spec(spec)  # the driver's Trainer class (a user subclass included)
 
     from raylit.launch.restore import prepare_worker  # fault tolerance: restore this run's newest checkpoint

@@ -93,7 +93,10 @@ def scaling_config(trainer: Any, p: Plan, cluster_gpus: float, cpus_per_worker: 
     if trainer.config.scaling_config is not None:
         return trainer.config.scaling_config
     use_gpu = p.use_gpu if p.use_gpu is not None else cluster_gpus > 0
-    if p.num_nodes == 1:
+    workers: int | tuple[int, int] = p.num_workers
+    if trainer.config.elastic is not None:  # Ray Train V2 starts with what fits in (min, max) and resizes
+        workers = tuple(trainer.config.elastic)
+    if p.num_nodes == 1 or isinstance(workers, tuple):
         placement = "PACK"  # prefer one node, but do not hang when no single node has room
     elif p.devices_per_node == 1:
         placement = "STRICT_SPREAD"  # exactly one worker per node
@@ -103,8 +106,25 @@ def scaling_config(trainer: Any, p: Plan, cluster_gpus: float, cpus_per_worker: 
     if use_gpu:
         resources["GPU"] = 1
     return ScalingConfig(
-        num_workers=p.num_workers, use_gpu=use_gpu, resources_per_worker=resources, placement_strategy=placement
+        num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources, placement_strategy=placement
     )
+
+
+def check_elastic(spec: Any) -> None:
+    """What an elastic run needs of the module and callbacks (the Trainer's arguments were checked in
+    config.py): automatic optimization (raylit accumulates the micro-batches) and a fixed accumulation."""
+    from raylit.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
+
+    if spec.fn != "fit":
+        return
+    if not getattr(spec.module, "automatic_optimization", True):
+        raise MisconfigurationException(
+            "Trainer(elastic=...) needs automatic optimization: below max_workers raylit accumulates several "
+            "micro-batches per optimizer step. Set `self.automatic_optimization = True` or run without elastic=.")
+    if any(isinstance(cb, GradientAccumulationScheduler) for cb in spec.callbacks):
+        raise MisconfigurationException(
+            "GradientAccumulationScheduler cannot be combined with Trainer(elastic=...): the global batch "
+            "(batch_size x max_workers x accumulate_grad_batches) is fixed for the whole run.")
 
 
 def check_resources(scaling: Any, p: Plan) -> None:

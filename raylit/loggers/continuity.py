@@ -13,6 +13,7 @@ from typing import Any
 from raylit.callbacks.base import Callback
 from raylit.loggers.csv_logs import CSVLogger
 from raylit.loggers.tensorboard import TensorBoardLogger
+from raylit.result_store import merge_epoch_sums
 from raylit.state import raylit_section
 
 
@@ -99,6 +100,8 @@ class LoggerContinuity(Callback):
         per_rank = state.get("train_store_per_rank")
         if per_rank and len(per_rank) == trainer.world_size:
             trainer._run.train_store.load_state_dict(per_rank[trainer.global_rank])
+        elif per_rank and trainer._runtime.elastic is not None:  # resized: every old rank's sums, shared out
+            trainer._run.train_store.load_state_dict(merge_epoch_sums(per_rank, trainer.world_size))
         if not trainer.is_global_zero:
             return
 
