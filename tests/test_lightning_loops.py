@@ -3,6 +3,9 @@ table, checked under Lightning and raylit alike (issue 10)."""
 
 from __future__ import annotations
 
+# the framework fixture and the quiet fit of the differential tests
+from test_lightning_behaviour import _fit, pl  # noqa: F401
+
 import importlib
 import warnings
 from unittest import mock
@@ -15,19 +18,26 @@ from torch import nn
 QUIET = dict(H.QUIET)
 
 
-@pytest.fixture(params=H.FRAMEWORKS)
-def pl(request):
-    mod = H.import_framework(request.param)
-    H.quiet_logging()
-    return mod
+def _trained(pl, train: int = 8, val: int | None = None):
+    """A LightningModule class: one Linear layer trained on ``train`` samples, with a validation loader of
+    ``val`` samples when given. Tests subclass it for what they observe."""
+    class Trained(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(32, 2)
 
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).sum()
 
-def _fit(pl, model, tmp_path, **kwargs):
-    trainer = pl.Trainer(default_root_dir=tmp_path, **{**QUIET, "max_epochs": 1, **kwargs})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model)
-    return trainer
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return H.loader(train)
+
+    if val is not None:
+        Trained.val_dataloader = lambda self: H.loader(val)
+    return Trained
 
 
 def _manual_model(pl):
@@ -184,27 +194,10 @@ def test_fit_loop_progress_matches_lightning(kwargs, tmp_path):
     for name in H.FRAMEWORKS:
         pl = H.import_framework(name)
         H.quiet_logging()
-        from_demo = _manual_model(pl)  # noqa: F841  (keeps the helper exercised under both frameworks)
 
-        class M(pl.LightningModule):
-            def __init__(self):
-                super().__init__()
-                self.layer = nn.Linear(32, 2)
-
-            def training_step(self, batch, batch_idx):
-                return self.layer(batch).sum()
-
+        class M(_trained(pl, train=10, val=4)):
             def validation_step(self, batch, batch_idx):
                 self.log("v", self.layer(batch).sum())
-
-            def configure_optimizers(self):
-                return torch.optim.SGD(self.parameters(), lr=0.1)
-
-            def train_dataloader(self):
-                return H.loader(10)
-
-            def val_dataloader(self):
-                return H.loader(4)
 
         rec = _progress_recorder(pl)()
         trainer = _fit(pl, M(), tmp_path / name, callbacks=[rec], limit_val_batches=2,
@@ -243,27 +236,12 @@ def test_time_based_validation_reads_the_clock_like_lightning(pl, tmp_path):
         calls["n"] += 1
         return float(calls["n"])
 
-    class M(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = nn.Linear(32, 2)
-            self.val_at = []
-
-        def training_step(self, batch, batch_idx):
-            return self.layer(batch).sum()
+    class M(_trained(pl, train=4, val=2)):
+        val_at: list = []
 
         def validation_step(self, batch, batch_idx):
             if not self.trainer.sanity_checking:
                 self.val_at.append(self.trainer.fit_loop.total_batch_idx)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-        def train_dataloader(self):
-            return H.loader(4)
-
-        def val_dataloader(self):
-            return H.loader(2)
 
     model = M()
     with mock.patch("time.monotonic", side_effect=fake_monotonic):
@@ -380,16 +358,8 @@ def test_restore_modules_and_callbacks_from_a_path(pl, tmp_path):
         def load_state_dict(self, state):
             self.my_state = state
 
-    class M(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = nn.Linear(32, 2)
-
-        def training_step(self, batch, batch_idx):
-            return self.layer(batch).sum()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
+    class M(_trained(pl)):
+        train_dataloader = None  # the datamodule's
 
     dm, model = DM(), M()
     trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=1, enable_progress_bar=False, logger=False,
@@ -440,32 +410,16 @@ def test_batch_counts_persist_across_calls(pl, tmp_path):
     """As Lightning's loops persist, each stage's batch counts survive the Trainer's later calls: after
     ``fit`` then ``test``, ``num_val_batches`` still reads fit's; after ``validate``, ``num_test_batches``
     still reads the test's; a new ``fit`` keeps the test and predict counts."""
-    class M(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = nn.Linear(32, 2)
-
-        def training_step(self, batch, batch_idx):
-            return self.layer(batch).sum()
-
+    class M(_trained(pl, train=8, val=10)):
         def validation_step(self, batch, batch_idx, dataloader_idx=0):
             pass
 
         test_step = predict_step = validation_step
 
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-        def train_dataloader(self):
-            return H.loader(8)
-
-        def val_dataloader(self):
-            return H.loader(10)
-
         def test_dataloader(self):
             return [H.loader(6), H.loader(4)]
 
-        predict_dataloader = train_dataloader
+        predict_dataloader = _trained(pl).train_dataloader
 
     model = M()
     trainer = pl.Trainer(default_root_dir=tmp_path, **QUIET, max_epochs=1, limit_val_batches=3)
