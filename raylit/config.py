@@ -216,8 +216,8 @@ def _check_val_cadence(v: dict[str, Any]) -> None:
             f"`check_val_every_n_epoch` should be an integer >= 1 or None, found {every!r}.")
     if every is None and isinstance(given, float):
         raise MisconfigurationException(
-            f"`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
-            f"datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`.")
+            "`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
+            "datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`.")
     sanity = 2 if v["num_sanity_val_steps"] is None else v["num_sanity_val_steps"]
     if not isinstance(sanity, int) or isinstance(sanity, bool) or sanity < -1:
         raise MisconfigurationException(

@@ -14,7 +14,7 @@ from raylit.hparams import HyperparametersMixin
 from raylit.saving import hparams_from_checkpoint, init_kwargs_from_hparams
 from raylit.utilities.apply_func import move_data_to_device
 from raylit.utilities.exceptions import MisconfigurationException
-from raylit.utilities.model_helpers import is_overridden, overrides
+from raylit.utilities.model_helpers import is_overridden
 from raylit.utilities.rank_zero import rank_zero_warn
 
 

@@ -24,14 +24,14 @@ from raylit.datamodule import LightningDataModule
 from raylit.launch.local import build_run
 from raylit.launch.spec import RunSpec
 from raylit.loggers.base import Logger
+from raylit.loops import attached
+from raylit.loops.progress import LoopViews
 from raylit.module import LightningModule
 from raylit.precision import Precision
 from raylit.profilers import select_profiler
-from raylit.loops import attached
-from raylit.loops.progress import LoopViews
 from raylit.runtime import Runtime
-from raylit.strategies import Strategy
 from raylit.state import RunningStage, TrainerState, TrainerStatus
+from raylit.strategies import Strategy
 from raylit.trainer_args import build_callbacks, build_loggers
 from raylit.utilities.combined_loader import CombinedLoader
 from raylit.utilities.exceptions import MisconfigurationException

@@ -222,3 +222,19 @@ class StepClock(Callback):
         if trainer.global_rank == 0:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"time": time.time(), "step": trainer.global_step, "pid": os.getpid()}) + "\n")
+
+
+def fit_in_background(trainer, model) -> tuple[threading.Thread, list[BaseException]]:
+    """Start ``trainer.fit(model)`` on a thread (the test meanwhile kills and adds nodes); returns the started
+    thread and the list that receives the exception ``fit`` raised, if any."""
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit(model)
+        except BaseException as err:  # noqa: BLE001 -- the test reports it
+            failure.append(err)
+
+    runner = threading.Thread(target=fit)
+    runner.start()
+    return runner, failure

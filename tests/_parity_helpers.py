@@ -840,3 +840,12 @@ def dump_lightning_hook_orders(path: str = "/tmp/lightning_hook_orders.txt") -> 
 
 if __name__ == "__main__":
     dump_lightning_hook_orders(sys.argv[1] if len(sys.argv) > 1 else "/tmp/lightning_hook_orders.txt")
+
+
+def fit_quietly(pl, model, root, **kwargs):
+    """``pl.Trainer(...).fit(model)`` for one epoch with QUIET settings (``kwargs`` win), warnings ignored."""
+    trainer = pl.Trainer(default_root_dir=root, **{**QUIET, "max_epochs": 1, **kwargs})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model)
+    return trainer

@@ -16,3 +16,14 @@ def lightning_reference() -> dict:
 
 
 pytest_plugins = ["_ray_fixtures"]
+
+
+@pytest.fixture(params=("pytorch_lightning", "raylit"))
+def pl(request):
+    """The framework module of a differential test (Lightning, then raylit): the same user code written against
+    ``pl.LightningModule``, ``pl.Trainer`` ... runs under both."""
+    import _parity_helpers as H
+
+    mod = H.import_framework(request.param)
+    H.quiet_logging()
+    return mod

@@ -23,6 +23,7 @@ import time
 import _elastic_helpers as h
 import pytest
 import torch
+from _ft_helpers import fit_in_background
 from test_elastic import ATOL, RTOL
 from test_fault_tolerance import _raylet_pid
 
@@ -90,20 +91,11 @@ def test_lose_a_node_continue_on_fewer_grow_back_same_math(ray_cluster, tmp_path
         ),
     )
     model = h.ElasticModel(os.path.join(root, "ray.jsonl"), N, BATCH)
-    failure: list[BaseException] = []
-
-    def fit() -> None:
-        try:
-            trainer.fit(model)
-        except BaseException as err:  # noqa: BLE001 -- reported below
-            failure.append(err)
-
     ref_root = tmp_path / "ref"
     ref_root.mkdir()
     reference_run, reference_failure = None, []
     started = time.time()
-    runner = threading.Thread(target=fit)
-    runner.start()
+    runner, failure = fit_in_background(trainer, model)
     old, new = cluster.nodes[1], None
     try:
         _wait_for(lost, runner, failure)

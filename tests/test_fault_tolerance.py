@@ -223,18 +223,7 @@ def test_lost_node_run_completes(ray_env, reference, tmp_path) -> None:
     model = h.FTModel()
     trainer = h.make_trainer(tmp_path, [h.PauseAt(paused, step=7, release=release), h.StepClock(clock)])
 
-    import threading
-
-    failure: list[BaseException] = []
-
-    def fit() -> None:
-        try:
-            trainer.fit(model)
-        except BaseException as err:  # noqa: BLE001 -- reported below
-            failure.append(err)
-
-    runner = threading.Thread(target=fit)
-    runner.start()
+    runner, failure = h.fit_in_background(trainer, model)
     old = cluster.nodes[1]
     try:
         deadline = time.monotonic() + 240

@@ -18,13 +18,6 @@ from torch.utils.data import DataLoader
 QUIET = dict(H.QUIET)
 
 
-@pytest.fixture(params=H.FRAMEWORKS)
-def pl(request):
-    mod = H.import_framework(request.param)
-    H.quiet_logging()
-    return mod
-
-
 def _model_cls(pl):
     class Model(pl.LightningModule):
         def __init__(self):
@@ -65,12 +58,7 @@ def _model_cls(pl):
     return Model
 
 
-def _fit(pl, model, tmp_path, **kwargs):
-    trainer = pl.Trainer(default_root_dir=tmp_path, **{**QUIET, "max_epochs": 1, **kwargs})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model)
-    return trainer
+_fit = H.fit_quietly
 
 
 # --- switching things off the Lightning way -----------------------------------------------------------------

@@ -3,9 +3,6 @@ table, checked under Lightning and raylit alike (issue 10)."""
 
 from __future__ import annotations
 
-# the framework fixture and the quiet fit of the differential tests
-from test_lightning_behaviour import _fit, pl  # noqa: F401
-
 import importlib
 import warnings
 from unittest import mock
@@ -16,6 +13,7 @@ import torch
 from torch import nn
 
 QUIET = dict(H.QUIET)
+_fit = H.fit_quietly  # the framework fixture ``pl`` is conftest's
 
 
 def _trained(pl, train: int = 8, val: int | None = None):
