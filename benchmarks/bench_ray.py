@@ -327,7 +327,7 @@ def paired_train_func(config: dict) -> list | None:
         spec = cloudpickle.loads(payload)
         run_worker(spec, torch.device("cpu"), local_rank=rank)
         if rank == 0:
-            raylit_clock = next(cb.clock for cb in spec["trainer"].callbacks if hasattr(cb, "clock"))
+            raylit_clock = next(cb.clock for cb in spec.callbacks if hasattr(cb, "clock"))
             rows.append({"handwritten": _median_step(clock.steps, config["warmup"]),
                          "raylit": _median_step(raylit_clock.steps, config["warmup"])})
     return rows if rank == 0 else None
@@ -352,7 +352,8 @@ def run_paired(args, root: str) -> None:
                              enable_progress_bar=False, enable_model_summary=False,
                              default_root_dir=str(Path(root) / "paired"),
                              callbacks=[make_clock_callback(Callback)(str(Path(root) / "paired.json"))])
-    payload = pack(trainer, "fit", make_module(raylit.LightningModule)(rows=rows, batch=args.batch), {})
+    spec = trainer._spec("fit", make_module(raylit.LightningModule)(rows=rows, batch=args.batch))
+    payload = pack(spec)
     result = TorchTrainer(
         paired_train_func,
         train_loop_config={"payload": ray.put(payload), "rows": rows, "batch": args.batch, "blocks": args.paired,
