@@ -283,17 +283,23 @@ def test_connect_policy(monkeypatch) -> None:
 
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR as hook_var
+
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append({**kw, "hook_env": os.environ.get(hook_var)}))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(session, "_started_here", False)
     assert session.connect(4, 0) is True
     assert calls[-1]["address"] == "local"  # never a bare init: that would join a `ray start` cluster
     assert calls[-1]["num_cpus"] >= 4 and calls[-1]["include_dashboard"] is False
-    assert calls[-1]["runtime_env"] == {"worker_process_setup_hook": "raylit.launch.session.quiet_ray_workers"}
+    # a private instance gets the setup hook through the environment its processes inherit (no job
+    # runtime_env, which would keep its actors off Ray's pre-started worker processes), and only during init
+    assert calls[-1]["runtime_env"] is None
+    assert calls[-1]["hook_env"] == "raylit.launch.session.quiet_ray_workers" and hook_var not in os.environ
 
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # asked explicitly, or set by a Ray job
     assert session.connect(2, 0) is False
     assert calls[-1]["address"] == "10.0.0.1:6379" and "num_cpus" not in calls[-1]
+    assert calls[-1]["runtime_env"] == {"worker_process_setup_hook": "raylit.launch.session.quiet_ray_workers"}
 
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # already connected: use it as is
     n = len(calls)
