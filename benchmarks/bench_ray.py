@@ -4,6 +4,12 @@ reporting at epoch ends.
 
     .venv/bin/python benchmarks/bench_ray.py [--steps 300] [--epochs 3] [--repeats 2] [--poll SECONDS]
     .venv/bin/python benchmarks/bench_ray.py --paired 10 [--steps 300]   # step time only, load-cancelling
+    .venv/bin/python benchmarks/bench_ray.py --fresh 4 [--steps 300 --epochs 1]  # start-up as a script sees it
+
+``--fresh``: each run in a new interpreter that starts its own Ray (raylit: inside ``fit``; hand-written: a plain
+``ray.init``), timed from the interpreter's start, rounds interleaved; see ``run_one``. The default mode below
+shares one Ray instance (started by this script, with raylit's setup hook) between all variants, so it does not
+see what raylit's own ``ray.init`` costs or saves.
 
 All variants run in this one process, one after the other, on one private ``ray.init(num_cpus=2)``. They
 share the model (an MLP 32-64-64-1), the synthetic regression data (``2 x steps x batch`` rows, so each of the 2
