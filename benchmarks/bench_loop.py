@@ -33,11 +33,25 @@ def make_net(width: int, hidden: int) -> nn.Module:
     return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
 
-def plain_loop(net: nn.Module, loader: DataLoader) -> float:
+def plain_loop(net: nn.Module, loader: DataLoader, mode: str = "32") -> float:
+    """``mode``: "32"; "bf16" (forward and loss under CPU bf16 autocast, as precision="bf16-mixed" runs them);
+    "acc2" (gradients of 2 batches accumulated, the loss divided by 2, as accumulate_grad_batches=2)."""
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    if mode == "acc2":
+        t0 = time.perf_counter()
+        for i, (x, y) in enumerate(loader):
+            loss = nn.functional.mse_loss(net(x), y) / 2
+            if i % 2 == 0:
+                opt.zero_grad()
+            loss.backward()
+            if i % 2 == 1:
+                opt.step()
+        return time.perf_counter() - t0
+    autocast = mode == "bf16"
     t0 = time.perf_counter()
     for x, y in loader:
-        loss = nn.functional.mse_loss(net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = nn.functional.mse_loss(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -83,10 +97,14 @@ def module_class(base: type) -> type:
     return Net
 
 
-def framework_loop(pl, net: nn.Module, loader: DataLoader) -> float:
+MODE_FLAGS = {"32": {}, "bf16": {"precision": "bf16-mixed"}, "acc2": {"accumulate_grad_batches": 2}}
+
+
+def framework_loop(pl, net: nn.Module, loader: DataLoader, mode: str = "32") -> float:
     model = module_class(pl.LightningModule)(net, loader)
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
+                         enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
+                         **MODE_FLAGS[mode])
     t = {}
 
     class Timer(pl.Callback):
@@ -113,6 +131,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None, help="write results to this file")
+    ap.add_argument("--modes", default="32", help="tiny MLP modes, comma-separated: 32, bf16 (bf16-mixed), acc2 "
+                    "(accumulate_grad_batches=2); the larger MLP runs in 32-bit only")
+    ap.add_argument("--no-imports", action="store_true", help="skip the import-time measurement")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import logging
@@ -129,20 +150,35 @@ def main() -> None:
     except ImportError:
         pass
     results = {}
-    for name, (width, hidden, batch) in {"tiny_mlp": (32, 32, 8), "larger_mlp": (512, 2048, 64)}.items():
-        steps = args.steps if name == "tiny_mlp" else max(args.steps // 10, 200)
+    cases = [(f"tiny_mlp{'' if m == '32' else '_' + m}", (32, 32, 8), m) for m in args.modes.split(",")]
+    cases.append(("larger_mlp", (512, 2048, 64), "32"))
+    for name, (width, hidden, batch), mode in cases:
+        steps = args.steps if name.startswith("tiny") else max(args.steps // 10, 200)
         loader = make_data(steps, width, batch)
-        best = {"plain": float("inf"), "plain_closure": float("inf"), **{k: float("inf") for k in frameworks}}
+        best = {"plain": float("inf"), **({"plain_closure": float("inf")} if mode == "32" else {}),
+                **{k: float("inf") for k in frameworks}}
+        ratios: dict[str, list[float]] = {k: [] for k in best if k != "plain"}
         for _ in range(args.repeats):
-            best["plain"] = min(best["plain"], plain_loop(make_net(width, hidden), loader))
-            best["plain_closure"] = min(best["plain_closure"], closure_loop(make_net(width, hidden), loader))
+            plain = plain_loop(make_net(width, hidden), loader, mode)
+            best["plain"] = min(best["plain"], plain)
+            if mode == "32":
+                t = closure_loop(make_net(width, hidden), loader)
+                best["plain_closure"] = min(best["plain_closure"], t)
+                ratios["plain_closure"].append(t / plain)
             for fw_name, fw in frameworks.items():
-                best[fw_name] = min(best[fw_name], framework_loop(fw, make_net(width, hidden), loader))
+                t = framework_loop(fw, make_net(width, hidden), loader, mode)
+                best[fw_name] = min(best[fw_name], t)
+                ratios[fw_name].append(t / plain)
         per_step = {k: v / steps * 1e3 for k, v in best.items()}
         results[name] = {"steps": steps, "ms_per_step": per_step,
-                         "ratio_vs_plain": {k: per_step[k] / per_step["plain"] for k in ["plain_closure", *frameworks]}}
-        print(f"{name}: " + ", ".join(f"{k} {v:.3f} ms/step" for k, v in per_step.items()) + " | ratio vs plain: "
-              + ", ".join(f"{k} {v:.3f}x" for k, v in results[name]["ratio_vs_plain"].items()))
+                         "ratio_vs_plain": {k: per_step[k] / per_step["plain"] for k in ratios},
+                         "median_paired_ratio": {k: sorted(v)[len(v) // 2] for k, v in ratios.items()}}
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f} ms/step" for k, v in per_step.items()) + " | best vs best: "
+              + ", ".join(f"{k} {v:.3f}x" for k, v in results[name]["ratio_vs_plain"].items())
+              + " | median of paired rounds: "
+              + ", ".join(f"{k} {v:.3f}x" for k, v in results[name]["median_paired_ratio"].items()), flush=True)
+    if args.no_imports:
+        return
     imports = {m: import_time(m) for m in ["torch", "raylit"] + (["pytorch_lightning"] if "lightning" in frameworks
                                                                   else [])}
     results["import_seconds"] = imports

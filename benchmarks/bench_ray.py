@@ -4,6 +4,12 @@ reporting at epoch ends.
 
     .venv/bin/python benchmarks/bench_ray.py [--steps 300] [--epochs 3] [--repeats 2] [--poll SECONDS]
     .venv/bin/python benchmarks/bench_ray.py --paired 10 [--steps 300]   # step time only, load-cancelling
+    .venv/bin/python benchmarks/bench_ray.py --fresh 4 [--steps 300 --epochs 1]  # start-up as a script sees it
+
+``--fresh``: each run in a new interpreter that starts its own Ray (raylit: inside ``fit``; hand-written: a plain
+``ray.init``), timed from the interpreter's start, rounds interleaved; see ``run_one``. The default mode below
+shares one Ray instance (started by this script, with raylit's setup hook) between all variants, so it does not
+see what raylit's own ``ray.init`` costs or saves.
 
 All variants run in this one process, one after the other, on one private ``ray.init(num_cpus=2)``. They
 share the model (an MLP 32-64-64-1), the synthetic regression data (``2 x steps x batch`` rows, so each of the 2
@@ -327,7 +333,7 @@ def paired_train_func(config: dict) -> list | None:
         spec = cloudpickle.loads(payload)
         run_worker(spec, torch.device("cpu"), local_rank=rank)
         if rank == 0:
-            raylit_clock = next(cb.clock for cb in spec["trainer"].callbacks if hasattr(cb, "clock"))
+            raylit_clock = next(cb.clock for cb in spec.callbacks if hasattr(cb, "clock"))
             rows.append({"handwritten": _median_step(clock.steps, config["warmup"]),
                          "raylit": _median_step(raylit_clock.steps, config["warmup"])})
     return rows if rank == 0 else None
@@ -352,7 +358,8 @@ def run_paired(args, root: str) -> None:
                              enable_progress_bar=False, enable_model_summary=False,
                              default_root_dir=str(Path(root) / "paired"),
                              callbacks=[make_clock_callback(Callback)(str(Path(root) / "paired.json"))])
-    payload = pack(trainer, "fit", make_module(raylit.LightningModule)(rows=rows, batch=args.batch), {})
+    spec = trainer._spec("fit", make_module(raylit.LightningModule)(rows=rows, batch=args.batch))
+    payload = pack(spec)
     result = TorchTrainer(
         paired_train_func,
         train_loop_config={"payload": ray.put(payload), "rows": rows, "batch": args.batch, "blocks": args.paired,
@@ -370,6 +377,73 @@ def run_paired(args, root: str) -> None:
               f"{b['raylit'] / b['handwritten']:.3f} |")
     ratio = statistics.median(b["raylit"] / b["handwritten"] for b in blocks)
     print(f"median ratio raylit / hand-written: {ratio:.3f}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# --fresh: each run in a new interpreter with its own Ray instance, as a user's script would start
+# --------------------------------------------------------------------------------------------------------------
+FRESH_VARIANTS = ("raylit", "handwritten", "raylit_preinit")
+
+
+def run_one(args) -> None:
+    """--fresh's child: the interpreter started at ``$BENCH_T0``; imports, Ray's start and the run all count.
+    ``handwritten`` starts Ray as a user would (``ray.init`` on a private local instance, no dashboard);
+    ``raylit`` lets ``Trainer.fit`` start it (raylit's own ``ray.init``); ``raylit_preinit`` starts Ray like the
+    hand-written script and then calls raylit (isolates what raylit's own ``ray.init`` costs)."""
+    import logging
+
+    root = tempfile.mkdtemp(prefix="bench-ray-fresh-")
+    if args.one in ("handwritten", "raylit_preinit"):
+        import ray
+
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    t_call = (run_handwritten if args.one == "handwritten" else run_raylit)(args, args.out, root)
+    c = json.loads(Path(args.out).read_text())
+    c["call"] = t_call
+    c["done"] = time.time()
+    Path(args.out).write_text(json.dumps(c))
+
+
+def run_fresh(args, variants: list[str]) -> None:
+    import subprocess
+    import sys
+
+    rows = []
+    for r in range(args.fresh):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            out = tempfile.mktemp(prefix=f"bench-ray-{v}-", suffix=".json")
+            load = os.getloadavg()[0]
+            t0 = time.time()
+            subprocess.run([sys.executable, __file__, "--one", v, "--out", out, "--steps", str(args.steps),
+                            "--epochs", str(args.epochs), "--batch", str(args.batch)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            end = time.time()
+            c = json.loads(Path(out).read_text())
+            steps = [t for e, t in c["steps"]]
+            gaps = sorted(b - a for a, b in zip(steps[args.warmup:], steps[args.warmup + 1:]))
+            row = {"variant": v, "round": r, "first_step_s": round(c["first_step"] - t0, 2),
+                   "call_s": round(c["call"] - t0, 2), "entry_s": round(c["entry"] - t0, 2) if c["entry"] else None,
+                   "ms_per_step": round(1000 * gaps[len(gaps) // 2], 3) if gaps else None,
+                   "exit_s": round(end - t0, 2), "load": round(load, 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\nfresh interpreters, {args.fresh} rounds, time from the interpreter's start\n")
+    print("| variant | round | first step (s) | call (s) | train fn entry (s) | ms/step | process exit (s) | load |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['variant']} | {row['round']} | {row['first_step_s']} | {row['call_s']} | {row['entry_s']} | "
+              f"{row['ms_per_step']} | {row['exit_s']} | {row['load']} |")
+    if "handwritten" in variants:
+        base = {row["round"]: row for row in rows if row["variant"] == "handwritten"}
+        for v in variants:
+            if v == "handwritten":
+                continue
+            mine = [row for row in rows if row["variant"] == v]
+            first = [row["first_step_s"] / base[row["round"]]["first_step_s"] for row in mine]
+            step = [row["ms_per_step"] / base[row["round"]]["ms_per_step"] for row in mine]
+            print(f"{v} / handwritten, per round: first step {', '.join(f'{x:.2f}' for x in first)} (median "
+                  f"{statistics.median(first):.2f}); ms/step median {statistics.median(step):.2f}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -437,7 +511,8 @@ def _mean(xs: list[float]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
+    p.add_argument("--variants", default=None, help="comma-separated: " + ", ".join(VARIANTS) + " (--fresh: "
+                   + ", ".join(FRESH_VARIANTS) + "; default raylit,handwritten)")
     p.add_argument("--steps", type=int, default=300, help="steps per epoch per worker")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch", type=int, default=32, help="batch size per worker")
@@ -445,13 +520,25 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="rounds; variants interleaved, order rotated")
     p.add_argument("--poll", type=float, default=None, help="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S for all variants")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the private Ray instance")
+    p.add_argument("--fresh", type=int, default=0, metavar="ROUNDS",
+                   help="instead: each variant in a new interpreter that starts its own Ray (time to first step "
+                        "as a user's script sees it), ROUNDS interleaved rounds")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # --fresh's child: run this variant once
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--paired", type=int, default=0, metavar="BLOCKS",
                    help="instead: raylit's loop vs the hand-written loop alternating in the same 2 workers")
     args = p.parse_args()
-    variants = [v for v in args.variants.split(",") if v]
+    default = "raylit,handwritten" if args.fresh else ",".join(VARIANTS)
+    variants = [v for v in (args.variants or default).split(",") if v]
     if args.poll is not None:
         os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(args.poll)
 
+    if args.one:
+        run_one(args)
+        return
+    if args.fresh:
+        run_fresh(args, variants)
+        return
     import ray
 
     root = tempfile.mkdtemp(prefix="bench-ray-")

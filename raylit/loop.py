@@ -14,6 +14,7 @@ import torch
 
 from raylit.data import lookahead, train_batches
 from raylit.evaluation import run_evaluation
+from raylit.hooks import HookDispatcher
 from raylit.state import RunningStage
 from raylit.utilities.apply_func import move_data_to_device
 from raylit.utilities.combined_loader import CombinedLoader
@@ -24,6 +25,7 @@ from raylit.utilities.seed import isolate_rng, rng_state, set_rng_state
 # hooks of a training batch that the step skips outright when neither a callback nor the module overrides them
 _BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_zero_grad", "on_before_backward",
                 "on_after_backward", "on_before_optimizer_step")
+_PROBE = (torch.zeros(()),)  # Precision.convert_input returns it unchanged when inputs are not converted
 _NONE_IN_DDP = ("Skipping the `training_step` by returning None in distributed training is not supported: all "
                 "ranks must run backward so gradients can be synchronised.")
 
@@ -44,9 +46,17 @@ class Loop:
         self._hooked: dict[str, bool] = {}
         self._default: dict[str, bool] = {}
         self._elastic: Any = None  # the run's ElasticPlan (set per epoch in _cache_decisions)
+        self._cpu_batches = False
+        self._bare_step = False
 
     # --- shared pieces ----------------------------------------------------------------------------------
     def _transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self._cpu_batches and type(batch) in (tuple, list):
+            for t in batch:  # the common CPU batch, a tuple/list of CPU tensors: nothing to convert or move
+                if type(t) is not torch.Tensor or not t.is_cpu:
+                    break
+            else:
+                return batch
         hooks = self.hooks
         batch = self.precision.convert_input(batch)
         if self._plain_transfer:
@@ -83,6 +93,11 @@ class Loop:
         d = self._default
         self._plain_transfer = d["transfer_batch_to_device"] and d["on_before_batch_transfer"] and \
             d["on_after_batch_transfer"]  # no transfer hook overridden: batches are just moved
+        precision = self.precision
+        self._cpu_batches = self._plain_transfer and self.runtime.device.type == "cpu" and \
+            precision.convert_input(_PROBE) is _PROBE  # no dtype conversion of inputs either
+        # 32-bit, not profiled: training_step needs no context around it
+        self._bare_step = precision.name == "32-true" and type(hooks).profile_step is HookDispatcher.profile_step
         self._hooked = {name: hooks.overridden(name) for name in _BATCH_HOOKS}
         config = self.run.config
         self._clip = config.gradient_clip_val or not d["configure_gradient_clipping"]
@@ -245,8 +260,11 @@ class Loop:
             outputs, accumulate = self._manual_step(batch, batch_idx), False
         else:
             optimizer, args = run.optimizers[0], (batch, batch_idx) if self._takes_idx("training_step") else (batch,)
-            precision, runtime, default = self.precision, self.runtime, self._default
+            precision, runtime, default, bare = self.precision, self.runtime, self._default, self._bare_step
             zero_grad = batch_idx % acc == 0  # the first batch of an accumulation window clears the gradients
+            # the default optimizer_step without a scaler: the closure itself ends with _after_closure (what
+            # Precision.optimizer_step's wrapper would add), and the optimizer is called directly
+            direct = not accumulate and default["optimizer_step"] and precision.scaler is None
 
             def closure() -> torch.Tensor | None:
                 # training_step → zero_grad → backward: Lightning's order, so the previous window's gradients
@@ -254,8 +272,11 @@ class Loop:
                 fx = module.__dict__
                 prev, fx["_current_fx_name"] = fx["_current_fx_name"], "training_step"
                 try:
-                    with precision.step_context(), hooks.profile_step("training_step"):
+                    if bare:
                         out = runtime.call_step(run.model, module, "training_step", *args)
+                    else:
+                        with precision.step_context(), hooks.profile_step("training_step"):
+                            out = runtime.call_step(run.model, module, "training_step", *args)
                 finally:
                     fx["_current_fx_name"] = prev
                 if out is None and runtime.world_size > 1:
@@ -273,12 +294,16 @@ class Loop:
                     else:
                         hooks.module_hook("optimizer_zero_grad", st.current_epoch, batch_idx, optimizer)
                 if loss is None:
+                    if direct:
+                        self._after_closure(optimizer)
                     return None
                 self.backward(loss)
                 detached = loss.detach().clone()
                 outputs["loss"] = detached
                 if extra:
                     outputs.update(extra)
+                if direct:
+                    self._after_closure(optimizer)
                 return detached
 
             if accumulate:
@@ -286,7 +311,9 @@ class Loop:
                 with runtime.no_sync(run.model):
                     closure()
             else:
-                if default["optimizer_step"]:  # what the default hook does: lopt.step(closure=closure)
+                if direct:
+                    optimizer.step(closure=closure)
+                elif default["optimizer_step"]:  # what the default hook does: lopt.step(closure=closure)
                     precision.optimizer_step(optimizer, closure, self._after_closure, skip_if_no_loss=True)
                 else:
                     hooks.module_hook("optimizer_step", st.current_epoch, batch_idx, run.lightning_optimizers[0],
@@ -331,7 +358,8 @@ class Loop:
             run.status.stage = RunningStage.TRAINING
             self.metrics.store = run.train_store
         if not accumulate:
-            self.update_lr_schedulers("step", plateau=True, batch_idx=batch_idx)
+            if run.lr_scheduler_configs:
+                self.update_lr_schedulers("step", plateau=True, batch_idx=batch_idx)
             st.batches_that_stepped += 1
         st.batch_pending = None
 
@@ -354,7 +382,8 @@ class Loop:
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         hooks, hooked = self.hooks, self._hooked
-        loss = self.precision.scale_loss(loss)
+        if self.precision.scaler is not None:
+            loss = self.precision.scale_loss(loss)
         if hooked.get("on_before_backward", True):
             hooks.both("on_before_backward", loss)
         if self._default["backward"]:

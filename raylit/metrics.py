@@ -240,9 +240,12 @@ class MetricsConnector:
         """Merge the batch's step values into the views; returns the ones for the loggers."""
         store = self.store
         callback, log, pbar = store.views(True)
-        self.callback_metrics.update(callback)
-        self.logged_metrics.update(log)
-        self.progress_bar_metrics.update(pbar)
+        if callback:
+            self.callback_metrics.update(callback)
+        if log:
+            self.logged_metrics.update(log)
+        if pbar:
+            self.progress_bar_metrics.update(pbar)
         self._merged_version = (id(store), store.version, True, store.dataloader_idx)
         store.batch = store.batch_size = None
         return log

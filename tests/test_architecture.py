@@ -18,6 +18,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "raylit"
 
@@ -233,3 +235,26 @@ def test_import_raylit_loads_neither_ray_nor_lightning() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", f"`import raylit` loaded {out.stdout.strip()}"
+
+
+def test_the_ray_setup_hook_imports_no_torch() -> None:
+    """Ray runs ``worker_process_setup_hook`` in every worker process of a job (Train's controller and helper
+    actors, the console relay): importing it must not import torch or the rest of raylit (an eager
+    ``raylit/__init__`` cost each of those processes ~1-1.5 s of CPU at a run's start)."""
+    code = (
+        "import sys, raylit.launch.session as s\n"
+        "s.quiet_ray_workers()\n"
+        "print(sorted(m for m in ('torch', 'raylit.trainer', 'raylit.module') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", f"the setup hook loaded {out.stdout.strip()}"
+
+
+def test_lazy_top_level_names() -> None:
+    import raylit
+
+    assert raylit.Trainer.__module__ == "raylit.trainer"
+    assert raylit.callbacks.ModelCheckpoint is not None and raylit.loggers.CSVLogger is not None
+    assert {"Trainer", "LightningModule", "callbacks", "tuner"} <= set(dir(raylit))
+    with pytest.raises(AttributeError):
+        raylit.no_such_name  # noqa: B018

@@ -283,7 +283,9 @@ def test_connect_policy(monkeypatch) -> None:
 
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR as hook_var
+
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append({**kw, "hook_env": os.environ.get(hook_var)}))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     for name, value in (("_started_here", False), ("_connected_here", False), ("_keep", False),
                         ("_env_set_by_ray", {})):
@@ -291,11 +293,15 @@ def test_connect_policy(monkeypatch) -> None:
     assert session.connect(4, 0) is True
     assert calls[-1]["address"] == "local"  # never a bare init: that would join a `ray start` cluster
     assert calls[-1]["num_cpus"] >= 4 and calls[-1]["include_dashboard"] is False
-    assert calls[-1]["runtime_env"] == {"worker_process_setup_hook": "raylit.launch.session.quiet_ray_workers"}
+    # a private instance gets the setup hook through the environment its processes inherit (no job
+    # runtime_env, which would keep its actors off Ray's pre-started worker processes), and only during init
+    assert calls[-1]["runtime_env"] is None
+    assert calls[-1]["hook_env"] == "raylit.launch.session.quiet_ray_workers" and hook_var not in os.environ
 
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # asked explicitly, or set by a Ray job
     assert session.connect(2, 0) is False
     assert calls[-1]["address"] == "10.0.0.1:6379" and "num_cpus" not in calls[-1]
+    assert calls[-1]["runtime_env"] == {"worker_process_setup_hook": "raylit.launch.session.quiet_ray_workers"}
 
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # already connected: use it as is
     n = len(calls)
@@ -429,6 +435,52 @@ def test_sync_batchnorm_and_find_unused_parameters_parity(ray_cluster, monkeypat
     assert type(model.net[1]) is nn.BatchNorm1d  # the driver's module keeps its classes
     _assert_close_params(model, reference)
     assert trainer.global_step == 2
+
+
+class CountingBackend:
+    """A torch.compile backend that counts the graphs it is given and runs them as they are (eager)."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        return gm.forward
+
+
+class CompileRecorder(Callback):
+    """Each rank writes how many graphs its own copy of the backend compiled (the backend travels in the same
+    pickle as this callback, so on a worker both hold the same copy)."""
+
+    def __init__(self, backend: CountingBackend, out: Path) -> None:
+        self.backend, self.out = backend, out
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        compiled = "training_step" in vars(pl_module)  # the step runs through the compiler on this worker
+        (self.out / f"rank{trainer.global_rank}.txt").write_text(f"{self.backend.graphs} {compiled}")
+
+
+@pytest.mark.ray
+def test_fit_a_torch_compiled_module_on_two_workers(ray_cluster, tmp_path, monkeypatch) -> None:
+    """``trainer.fit(torch.compile(model))`` with 2 Ray workers: each worker compiles for itself (its backend
+    sees graphs), training matches one process with the same global batches, checkpoints keep the plain keys,
+    and the driver's module is plain again."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", str(SEED))
+    model = ParityModule(n_train=16, batch_size=4)
+    reference = copy.deepcopy(model)
+    _reference_fit(reference, accumulate=1, epochs=1)
+    backend = CountingBackend()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = _trainer(devices=2, max_epochs=1, enable_checkpointing=True, default_root_dir=tmp_path,
+                       callbacks=[CompileRecorder(backend, tmp_path), ckpt])
+    trainer.fit(torch.compile(model, backend=backend))
+    ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in range(2)]
+    assert all(int(graphs) > 0 and compiled == "True" for graphs, compiled in ranks), ranks
+    assert backend.graphs == 0  # nothing was compiled on the driver
+    _assert_close_params(model, reference)
+    assert "training_step" not in vars(model) and "forward" not in vars(model)
+    keys = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"].keys()
+    assert set(keys) == set(model.state_dict()) and not any("_orig_mod" in k for k in keys)
 
 
 @pytest.mark.ray
