@@ -152,3 +152,11 @@ def without_shuffle(loader: Any) -> Any:
             not isinstance(loader.dataset, IterableDataset):
         return rebuild_dataloader(loader, SequentialSampler(loader.dataset))
     return loader
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """Tell every sampler of ``loader`` (a CombinedLoader's too) which epoch starts (DistributedSampler's shuffle)."""
+    for dl in (loader.flattened if isinstance(loader, CombinedLoader) else [loader]):
+        for obj in (getattr(dl, "sampler", None), getattr(getattr(dl, "batch_sampler", None), "sampler", None)):
+            if obj is not None and hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from raylit.data import lookahead, train_batches
+from raylit.data import lookahead, set_sampler_epoch, train_batches
 from raylit.evaluation import run_evaluation
 from raylit.hooks import HookDispatcher
+from raylit.optim import split_training_output
 from raylit.state import RunningStage
 from raylit.utilities.apply_func import move_data_to_device
-from raylit.utilities.combined_loader import CombinedLoader
 from raylit.utilities.exceptions import MisconfigurationException
 from raylit.utilities.model_helpers import accepts_arg
 from raylit.utilities.seed import isolate_rng, rng_state, set_rng_state
@@ -189,7 +189,7 @@ class Loop:
         run, hooks, st, metrics = self.run, self.hooks, self.run.state, self.metrics
         run.loaders.maybe_reload_train()
         loader = run.loaders.train
-        _set_sampler_epoch(loader, st.current_epoch)
+        set_sampler_epoch(loader, st.current_epoch)
         metrics.store = run.train_store
         metrics.in_batch = False
         st.epoch_finished = False
@@ -281,7 +281,7 @@ class Loop:
                     fx["_current_fx_name"] = prev
                 if out is None and runtime.world_size > 1:
                     raise RuntimeError(_NONE_IN_DDP)
-                loss, extra = (out, None) if type(out) is torch.Tensor else _split_training_output(out)
+                loss, extra = (out, None) if type(out) is torch.Tensor else split_training_output(out)
                 if loss is not None and elastic is not None:
                     loss = loss * elastic.loss_weight(batch_idx)  # by sample counts: the global batch's mean
                 elif loss is not None and acc != 1:
@@ -432,24 +432,3 @@ class Loop:
 
 def _do_nothing() -> None:
     return None
-
-
-def _split_training_output(out: Any) -> tuple[torch.Tensor | None, dict[str, Any]]:
-    if out is None:
-        return None, {}
-    if isinstance(out, torch.Tensor):
-        return out, {}
-    if isinstance(out, dict):
-        if out.get("loss") is None:
-            raise MisconfigurationException("In automatic_optimization, when `training_step` returns a dict, the "
-                                            "'loss' key needs to be present")
-        return out["loss"], {k: v for k, v in out.items() if k != "loss"}
-    raise MisconfigurationException("In automatic optimization, `training_step` must return a Tensor, a dict, or "
-                                    f"None (where the step will be skipped); got {type(out).__name__}")
-
-
-def _set_sampler_epoch(loader: Any, epoch: int) -> None:
-    for dl in (loader.flattened if isinstance(loader, CombinedLoader) else [loader]):
-        for obj in (getattr(dl, "sampler", None), getattr(getattr(dl, "batch_sampler", None), "sampler", None)):
-            if obj is not None and hasattr(obj, "set_epoch"):
-                obj.set_epoch(epoch)

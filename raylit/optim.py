@@ -180,3 +180,18 @@ class LightningOptimizer:
     @property
     def defaults(self) -> dict:
         return self._optimizer.defaults
+
+
+def split_training_output(out: Any) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """``training_step``'s return value in automatic optimization: (the loss or None, the other outputs)."""
+    if out is None:
+        return None, {}
+    if isinstance(out, torch.Tensor):
+        return out, {}
+    if isinstance(out, dict):
+        if out.get("loss") is None:
+            raise MisconfigurationException("In automatic_optimization, when `training_step` returns a dict, the "
+                                            "'loss' key needs to be present")
+        return out["loss"], {k: v for k, v in out.items() if k != "loss"}
+    raise MisconfigurationException("In automatic optimization, `training_step` must return a Tensor, a dict, or "
+                                    f"None (where the step will be skipped); got {type(out).__name__}")
