@@ -35,8 +35,7 @@ def run_evaluation(loop: Any, fn: str, sanity: bool = False) -> list[dict[str, f
     if multi and not accepts_arg(getattr(loop.module, step_name), "dataloader_idx", 3):
         raise RuntimeError(f"You provided multiple {name} dataloaders, but your `{step_name}` does not "
                            "accept `dataloader_idx`: add `dataloader_idx=0` to its signature")
-    counter = EvalCounter() if sanity else run.eval_batches.setdefault(run.fn, EvalCounter())
-    counter.current = 0
+    counter = (EvalCounter() if sanity else run.eval_batches.setdefault(run.fn, EvalCounter())).begin()
     prev_store = metrics.store
     store = metrics.store = ResultStore(training=False, runtime=loop.runtime)
     metrics.in_batch = False
@@ -64,8 +63,7 @@ def run_evaluation(loop: Any, fn: str, sanity: bool = False) -> list[dict[str, f
             out = loop._step(step_name, *args)
             hooks.callbacks_hook(f"on_{name}_batch_end", out, *args)
             hooks.module_hook(f"on_{name}_batch_end", out, *args)
-            counter.total += 1
-            counter.current += 1
+            counter.add()
             log = metrics.end_batch()
             if not sanity and log:
                 key = (run.status.fn, fn, dl_idx)
@@ -117,8 +115,7 @@ def run_predict(loop: Any, return_predictions: bool) -> list | None:
         raise RuntimeError("You provided multiple predict dataloaders, but your `predict_step` does not accept "
                            "`dataloader_idx`")
     predictions: list[list[Any]] = [[] for _ in dls]
-    counter = run.eval_batches.setdefault("predict", EvalCounter())
-    counter.current = 0
+    counter = run.eval_batches.setdefault("predict", EvalCounter()).begin()
     batches = sequential_lookahead([(lambda dl=dl: iter(dl)) for dl in dls], limits)
     grad_ctx = torch.inference_mode() if run.config.inference_mode else torch.no_grad()
     modes = {m: m.training for m in loop.module.modules()}
@@ -134,8 +131,7 @@ def run_predict(loop: Any, return_predictions: bool) -> list | None:
             out = loop._step("predict_step", *args)
             hooks.callbacks_hook("on_predict_batch_end", out, *args)
             hooks.module_hook("on_predict_batch_end", out, *args)
-            counter.total += 1
-            counter.current += 1
+            counter.add()
             if return_predictions:
                 predictions[dl_idx].append(out)
         hooks.both("on_predict_epoch_end")

@@ -83,15 +83,11 @@ def setup_data(trainer: Any, fn: str) -> None:
         return
     stage_run = run
     if run.fn != fn:  # a run for that stage, which keeps what the attached one knew
-        spec = trainer._spec(fn, run.module, run.datamodule, dict(run.loaders.given, **{fn: _given(run, fn)}))
+        spec = trainer._spec(fn, run.module, run.datamodule, dict(run.loaders.given))
         stage_run = build_run(spec, trainer)
         stage_run.status.status, stage_run.status.fn = run.status.status, run.status.fn
         trainer._run = stage_run
     stage_run.loaders.load_eval(fn)
-
-
-def _given(run: Any, fn: str) -> Any:
-    return run.loaders.given.get(fn)
 
 
 class CheckpointConnector:

@@ -25,6 +25,15 @@ class EvalCounter:
         self.total = 0
         self.current = 0
 
+    def begin(self) -> "EvalCounter":
+        """A new evaluation run: ``current`` counts from zero again."""
+        self.current = 0
+        return self
+
+    def add(self) -> None:
+        self.total += 1
+        self.current += 1
+
 
 @dataclass(frozen=True)
 class Tracker:
