@@ -7,6 +7,7 @@ See ``raylit/hooks.py`` for the hook order in pseudocode.
 """
 
 import math
+import sys
 import warnings
 from typing import Any
 
@@ -15,7 +16,8 @@ import torch
 from raylit.data import lookahead, set_sampler_epoch, train_batches
 from raylit.evaluation import run_evaluation
 from raylit.hooks import HookDispatcher
-from raylit.optim import split_training_output
+from raylit.optim import NONE_IN_DDP, manual_training_output, split_training_output
+from raylit.runtime import Runtime
 from raylit.state import RunningStage
 from raylit.utilities.apply_func import move_data_to_device
 from raylit.utilities.exceptions import MisconfigurationException
@@ -25,9 +27,8 @@ from raylit.utilities.seed import isolate_rng, rng_state, set_rng_state
 # hooks of a training batch that the step skips outright when neither a callback nor the module overrides them
 _BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_zero_grad", "on_before_backward",
                 "on_after_backward", "on_before_optimizer_step")
+_OPTIM_PRE_HOOKS = sys.modules["torch.optim.optimizer"]._global_optimizer_pre_hooks  # torch's own dict
 _PROBE = (torch.zeros(()),)  # Precision.convert_input returns it unchanged when inputs are not converted
-_NONE_IN_DDP = ("Skipping the `training_step` by returning None in distributed training is not supported: all "
-                "ranks must run backward so gradients can be synchronised.")
 
 
 class _StopEpoch(Exception):
@@ -97,8 +98,14 @@ class Loop:
         self._cpu_batches = self._plain_transfer and self.runtime.device.type == "cpu" and \
             precision.convert_input(_PROBE) is _PROBE  # no dtype conversion of inputs either
         # 32-bit, not profiled: training_step needs no context around it
-        self._bare_step = precision.name == "32-true" and type(hooks).profile_step is HookDispatcher.profile_step
-        self._hooked = {name: hooks.overridden(name) for name in _BATCH_HOOKS}
+        self._bare_step = precision.name == "32-true" and type(hooks).profile_step is HookDispatcher.profile_step \
+            and type(self.runtime).call_step is Runtime.call_step  # nor a DDP wrapper to call through
+        self._ts_idx = self._takes_idx("training_step")
+        opt = self.run.optimizers[0] if self.run.optimizers else None  # torch's own optimizers call the closure
+        self._eager = type(opt).__module__.startswith("torch.optim.") and not isinstance(opt, torch.optim.LBFGS)
+        self._hooked = h = {name: hooks.overridden(name) for name in _BATCH_HOOKS}
+        self._plain_backward = d["backward"] and precision.scaler is None and not (
+            h["on_before_backward"] or h["on_after_backward"])
         config = self.run.config
         self._clip = config.gradient_clip_val or not d["configure_gradient_clipping"]
         # an elastic run below max_workers trains k virtual ranks per process: k times the micro-batches per step
@@ -116,7 +123,7 @@ class Loop:
 
     def should_validate(self, batch_idx: int, is_last: bool) -> bool:
         run, config = self.run, self.run.config
-        if not self.validation_enabled():
+        if not run.loaders.validation_enabled():
             return False
         every = config.check_val_every_n_epoch
         if every is not None and (run.state.current_epoch + 1) % every != 0:
@@ -257,10 +264,14 @@ class Loop:
         accumulate = acc > 1 and not ((batch_idx + 1) % acc == 0 or is_last)
         outputs: dict[str, Any] = {}
         if not module.automatic_optimization:
-            outputs, accumulate = self._manual_step(batch, batch_idx), False
+            out = self._step("training_step", batch, batch_idx)
+            if out is None and self.runtime.world_size > 1:
+                raise RuntimeError(NONE_IN_DDP)
+            outputs, accumulate = manual_training_output(out), False
         else:
-            optimizer, args = run.optimizers[0], (batch, batch_idx) if self._takes_idx("training_step") else (batch,)
+            optimizer, args = run.optimizers[0], (batch, batch_idx) if self._ts_idx else (batch,)
             precision, runtime, default, bare = self.precision, self.runtime, self._default, self._bare_step
+            plain_backward = self._plain_backward
             zero_grad = batch_idx % acc == 0  # the first batch of an accumulation window clears the gradients
             # the default optimizer_step without a scaler: the closure itself ends with _after_closure (what
             # Precision.optimizer_step's wrapper would add), and the optimizer is called directly
@@ -273,14 +284,14 @@ class Loop:
                 prev, fx["_current_fx_name"] = fx["_current_fx_name"], "training_step"
                 try:
                     if bare:
-                        out = runtime.call_step(run.model, module, "training_step", *args)
+                        out = module.training_step(*args)
                     else:
                         with precision.step_context(), hooks.profile_step("training_step"):
                             out = runtime.call_step(run.model, module, "training_step", *args)
                 finally:
                     fx["_current_fx_name"] = prev
                 if out is None and runtime.world_size > 1:
-                    raise RuntimeError(_NONE_IN_DDP)
+                    raise RuntimeError(NONE_IN_DDP)
                 loss, extra = (out, None) if type(out) is torch.Tensor else split_training_output(out)
                 if loss is not None and elastic is not None:
                     loss = loss * elastic.loss_weight(batch_idx)  # by sample counts: the global batch's mean
@@ -297,7 +308,10 @@ class Loop:
                     if direct:
                         self._after_closure(optimizer)
                     return None
-                self.backward(loss)
+                if plain_backward:
+                    loss.backward()
+                else:
+                    self.backward(loss)
                 detached = loss.detach().clone()
                 outputs["loss"] = detached
                 if extra:
@@ -308,10 +322,17 @@ class Loop:
 
             if accumulate:
                 # gradients are synchronised across ranks only on the batch that steps: skip it while accumulating
-                with runtime.no_sync(run.model):
+                if runtime.world_size == 1:
                     closure()
+                else:
+                    with runtime.no_sync(run.model):
+                        closure()
             else:
-                if direct:
+                if direct and self._eager and not (optimizer._optimizer_step_pre_hooks or _OPTIM_PRE_HOOKS or
+                                                   torch.autograd.profiler._is_profiler_enabled):
+                    closure()  # what the optimizer's step would do first
+                    optimizer.step()
+                elif direct:
                     optimizer.step(closure=closure)
                 elif default["optimizer_step"]:  # what the default hook does: lopt.step(closure=closure)
                     precision.optimizer_step(optimizer, closure, self._after_closure, skip_if_no_loss=True)
@@ -362,23 +383,6 @@ class Loop:
                 self.update_lr_schedulers("step", plateau=True, batch_idx=batch_idx)
             st.batches_that_stepped += 1
         st.batch_pending = None
-
-    def _manual_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        out = self._step("training_step", batch, batch_idx)
-        if out is None and self.runtime.world_size > 1:
-            raise RuntimeError(_NONE_IN_DDP)
-        if isinstance(out, dict):
-            extra = dict(out)
-        elif isinstance(out, torch.Tensor):
-            extra = {"loss": out}
-        elif out is None:
-            extra = {}
-        else:
-            raise MisconfigurationException(
-                "In manual optimization, `training_step` must either return a Tensor or have no return.")
-        if "loss" in extra and isinstance(extra["loss"], torch.Tensor):
-            extra["loss"] = extra["loss"].detach()
-        return extra
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         hooks, hooked = self.hooks, self._hooked

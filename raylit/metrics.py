@@ -239,6 +239,9 @@ class MetricsConnector:
     def end_batch(self) -> dict[str, Tensor]:
         """Merge the batch's step values into the views; returns the ones for the loggers."""
         store = self.store
+        if not store.entries:  # nothing logged yet this stage
+            store.batch = store.batch_size = None
+            return {}
         callback, log, pbar = store.views(True)
         if callback:
             self.callback_metrics.update(callback)

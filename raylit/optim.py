@@ -195,3 +195,23 @@ def split_training_output(out: Any) -> tuple[torch.Tensor | None, dict[str, Any]
         return out["loss"], {k: v for k, v in out.items() if k != "loss"}
     raise MisconfigurationException("In automatic optimization, `training_step` must return a Tensor, a dict, or "
                                     f"None (where the step will be skipped); got {type(out).__name__}")
+
+
+NONE_IN_DDP = ("Skipping the `training_step` by returning None in distributed training is not supported: all "
+               "ranks must run backward so gradients can be synchronised.")
+
+
+def manual_training_output(out: Any) -> dict[str, Any]:
+    """``training_step``'s return value in manual optimization: the batch's outputs (a loss detached)."""
+    if isinstance(out, dict):
+        extra = dict(out)
+    elif isinstance(out, torch.Tensor):
+        extra = {"loss": out}
+    elif out is None:
+        extra = {}
+    else:
+        raise MisconfigurationException(
+            "In manual optimization, `training_step` must either return a Tensor or have no return.")
+    if "loss" in extra and isinstance(extra["loss"], torch.Tensor):
+        extra["loss"] = extra["loss"].detach()
+    return extra

@@ -11,6 +11,7 @@ import _parity_helpers as H
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 QUIET = dict(H.QUIET)
 _fit = H.fit_quietly  # the framework fixture ``pl`` is conftest's
@@ -431,3 +432,58 @@ def test_batch_counts_persist_across_calls(pl, tmp_path):
                          trainer.num_predict_batches))
     assert seen == [("fit", 4, [3], [], []), ("test", 4, [3], [3, 2], []), ("validate", 4, [3], [3, 2], []),
                     ("predict", 4, [3], [3, 2], [4]), ("fit", 4, [3], [3, 2], [4])]
+
+
+# --- the optimizer step around the closure (issue 12: the step may call the closure itself first) ---------------
+def _optimizer_run(pl, root, optimizer: str, hooked: str) -> tuple[list[str], torch.Tensor]:
+    events: list[str] = []
+
+    class Subclassed(torch.optim.SGD):  # defined outside torch.optim
+        pass
+
+    class Model(_trained(pl, train=8)):
+        def training_step(self, batch, batch_idx):
+            events.append("training_step")
+            return super().training_step(batch, batch_idx)
+
+        def on_before_optimizer_step(self, opt):
+            events.append("on_before_optimizer_step")
+
+        def configure_optimizers(self):
+            make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.1), "adam": lambda p: torch.optim.Adam(p, lr=0.01),
+                    "lbfgs": lambda p: torch.optim.LBFGS(p, lr=0.1, max_iter=3),
+                    "sgd_subclass": lambda p: Subclassed(p, lr=0.1)}[optimizer]
+            opt = make(self.parameters())
+            opt.register_step_post_hook(lambda *a: events.append("post_hook"))
+            if hooked == "pre_hook":
+                opt.register_step_pre_hook(lambda *a: events.append("pre_hook"))
+            return opt
+
+    handle = None
+    if hooked == "global_pre_hook":
+        handle = register_optimizer_step_pre_hook(lambda *a: events.append("pre_hook"))
+    try:
+        torch.manual_seed(0)
+        model = Model()
+        _fit(pl, model, root, limit_train_batches=3)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return events, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "lbfgs", "sgd_subclass"])
+@pytest.mark.parametrize("hooked", ["pre_hook", "global_pre_hook", "none"])
+def test_optimizer_step_order_and_weights_match_lightning(tmp_path, optimizer, hooked):
+    """What user code sees around ``optimizer.step`` is Lightning's: step pre-hooks (per optimizer or global) run
+    before ``training_step`` (the closure runs inside the step), post-hooks after ``on_before_optimizer_step``,
+    LBFGS calls the closure several times per step; the trained weights are the same."""
+    runs = {name: _optimizer_run(H.import_framework(name), tmp_path / name, optimizer, hooked)
+            for name in ("pytorch_lightning", "raylit")}
+    (events, weights), (lightning_events, lightning_weights) = runs["raylit"], runs["pytorch_lightning"]
+    assert events == lightning_events
+    if optimizer != "lbfgs":
+        pre = ["pre_hook"] if hooked != "none" else []
+        assert events == (pre + ["training_step", "on_before_optimizer_step", "post_hook"]) * 3
+    assert events.count("training_step") > 3 if optimizer == "lbfgs" else True
+    torch.testing.assert_close(weights, lightning_weights, rtol=0, atol=0)
