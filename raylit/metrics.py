@@ -166,7 +166,8 @@ class MetricsConnector:
                 f"`self.log({name}, {value})` was called, but the tensor must have a single element. "
                 f"You can try doing `self.log({name}, {value}.mean())`"
             )
-        if not isinstance(value, (Tensor, numbers.Number)) and not _is_metric(value):
+        is_metric = _is_metric(value)
+        if not is_metric and not isinstance(value, (Tensor, numbers.Number)):
             raise ValueError(
                 f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot be logged"
             )
@@ -175,9 +176,10 @@ class MetricsConnector:
                 f"You called `self.log` with the key `{name}` but it should not contain information about "
                 "`dataloader_idx` when `add_dataloader_idx=True`"
             )
-        if metric_attribute is None and _is_metric(value):
+        if metric_attribute is None and is_metric:
             _metric_attribute(self, trainer.lightning_module, name, value)
-        reduce = _REDUCTIONS.get(reduce_fx.lower()) if isinstance(reduce_fx, str) else _TORCH_REDUCTIONS.get(reduce_fx)
+        reduce = _REDUCTIONS.get(reduce_fx) or _REDUCTIONS.get(reduce_fx.lower()) if isinstance(reduce_fx, str) else \
+            _TORCH_REDUCTIONS.get(reduce_fx)
         if reduce is None:
             raise MisconfigurationException(
                 "Only `self.log(..., reduce_fx={min,max,mean,sum})` are supported. If you need a custom reduction, "
@@ -198,7 +200,7 @@ class MetricsConnector:
             batch_size,
             enable_graph,
         )
-        if (sync or (_is_metric(value) and trainer._runtime.distributed)) and fx in _EPOCH_ONLY_HOOKS:
+        if (sync or (is_metric and trainer._runtime.distributed)) and fx in _EPOCH_ONLY_HOOKS:
             # every rank runs this hook: reduce now, so monitors and rank-0 readers see the synced value
             self.store.compute_synced()
 

@@ -220,6 +220,8 @@ class ResultStore:
 
 
 def _is_metric(value: Any) -> bool:
+    if isinstance(value, Tensor):  # the common case, answered without three failing attribute lookups
+        return False
     return hasattr(value, "compute") and hasattr(value, "_forward_cache") and hasattr(value, "reset")
 
 
