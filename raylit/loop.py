@@ -98,8 +98,8 @@ class Loop:
         self._cpu_batches = self._plain_transfer and self.runtime.device.type == "cpu" and \
             precision.convert_input(_PROBE) is _PROBE  # no dtype conversion of inputs either
         # 32-bit, not profiled: training_step needs no context around it
-        self._bare_step = precision.name == "32-true" and type(hooks).profile_step is HookDispatcher.profile_step \
-            and type(self.runtime).call_step is Runtime.call_step  # nor a DDP wrapper to call through
+        self._bare_step = precision.name == "32-true" and type(hooks).profile_step is HookDispatcher.profile_step
+        self._wrapped_step = type(self.runtime).call_step is not Runtime.call_step  # through DDP's forward
         self._ts_idx = self._takes_idx("training_step")
         opt = self.run.optimizers[0] if self.run.optimizers else None  # torch's own optimizers call the closure
         self._eager = type(opt).__module__.startswith("torch.optim.") and not isinstance(opt, torch.optim.LBFGS)
@@ -271,7 +271,7 @@ class Loop:
         else:
             optimizer, args = run.optimizers[0], (batch, batch_idx) if self._ts_idx else (batch,)
             precision, runtime, default, bare = self.precision, self.runtime, self._default, self._bare_step
-            plain_backward = self._plain_backward
+            plain_backward, wrapped_step = self._plain_backward, self._wrapped_step
             zero_grad = batch_idx % acc == 0  # the first batch of an accumulation window clears the gradients
             # the default optimizer_step without a scaler: the closure itself ends with _after_closure (what
             # Precision.optimizer_step's wrapper would add), and the optimizer is called directly
@@ -284,7 +284,8 @@ class Loop:
                 prev, fx["_current_fx_name"] = fx["_current_fx_name"], "training_step"
                 try:
                     if bare:
-                        out = module.training_step(*args)
+                        out = runtime.call_step(run.model, module, "training_step", *args) if wrapped_step else \
+                            module.training_step(*args)
                     else:
                         with precision.step_context(), hooks.profile_step("training_step"):
                             out = runtime.call_step(run.model, module, "training_step", *args)
