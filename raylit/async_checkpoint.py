@@ -18,22 +18,22 @@ written are those a synchronous save writes. The background thread then serialis
 (``raylit.fs``: temporary file + fsync + ``os.replace``; object stores publish an upload only when complete), so
 a process killed mid-write never leaves a truncated file under the final name.
 
-**Deferred copy of optimizer state.** Most of the snapshot's time is the memory copy, and most of the state is
-optimizer state (Adam: two moments per parameter). The CPU state tensors of the ``torch.optim.Optimizer``s
-passed to ``capture`` (the checkpoint dict holds those very tensors: ``optimizer.state_dict()`` does not copy
-them) are not copied on the training thread: the snapshot records (source, destination buffer, the tensor's
-``_version``) and the background thread copies them *first*, before serialising. Why that is safe: between two
-steps nothing but the optimizer's own ``step`` writes its state, and every such optimizer gets a step pre-hook
-(``register_step_pre_hook``) that waits until the deferred copies are done; the hooks are removed once they are
-(at the next ``poll``/``wait``; a hook cannot remove itself while torch iterates the hooks). Parameters (user
-code may edit them in place, even through ``.data``), buffers and every other tensor are still copied at once;
-so is a state tensor that shares its storage with a parameter. As a safety net for a writer that is not the
-hooked step (user code editing ``optimizer.state`` in place), the background thread compares each source's
-``_version`` after its copy: a change fails the job like a failed write (the file is not written, the checkpoint
-does not count, a ``RuntimeError`` says how to opt out with ``async_save=False``). The net sees every in-place
-write through torch ops that completed before the check; it does not see writes through ``.data`` nor one still
-running at the check: the hook, not the check, is the guarantee. The time the training thread spends waiting in
-the hook is ``blocked_in_step_s``.
+**Deferred copy of optimizer state.** Most of the snapshot is optimizer state (Adam: two moments per
+parameter). The CPU state tensors of the ``torch.optim.Optimizer``s passed to ``capture`` (the dict holds those
+very tensors: ``optimizer.state_dict()`` does not copy them) are not copied on the training thread: the snapshot
+records (source, destination buffer, the tensor's ``_version``) and the background thread copies them *first*,
+before serialising. Why that is safe: between two steps nothing but the optimizer's own ``step`` writes its
+state, and each such optimizer gets a step pre-hook that makes the step wait until the copies are done. torch's
+own optimizers call the closure (forward and backward, under automatic optimization) before they write any
+state, so for them the hook wraps the closure and the wait comes after it; a step that is not torch's waits
+before it starts. The hooks are removed at the next ``poll``/``wait`` (not by themselves: torch is iterating
+them). Parameters (user code may edit them in place, even through ``.data``), buffers, every other tensor and a
+state tensor sharing a parameter's storage are still copied at once. A safety net for a writer other than the
+hooked step (user code changing ``optimizer.state`` in place): after the copies the background thread compares
+each source's ``_version``; a change fails the job like a failed write (no file, the checkpoint does not count,
+a ``RuntimeError`` names ``async_save=False``). It sees in-place writes by torch ops completed before the check,
+not writes through ``.data`` nor one still running: the hook, not the check, is the guarantee. The training
+thread's time waiting for the copies is ``blocked_in_step_s``.
 
 Several saves at the same step (a top-k file and ``last.ckpt``) form one *job*: their snapshots share the copied
 tensors, so one step's state is held once. A save at a later step waits until the job is written, and so does
@@ -48,8 +48,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, Callable, Iterator
@@ -96,11 +98,11 @@ def _register_tagger() -> None:
 class _Snapshot:
     """Copies a checkpoint dict; ``memo`` is shared by the snapshots of one job (same step)."""
 
-    def __init__(self, storages: dict, pool: dict | None = None, defer: Any = ()) -> None:
+    def __init__(self, storages: dict, pool: dict | None = None, defer: dict | None = None) -> None:
         self.storages = storages  # (device, data_ptr, nbytes) -> (original storage, copy, version)
         self.pool = pool if pool is not None else {}  # nbytes -> host storages of the previous job, to reuse
-        self.defer = defer  # data_ptrs of CPU storages whose copy the background thread makes (optimizer state)
-        self.deferred: list[tuple] = []  # (tensor, its storage, destination, its _version) for that thread
+        self.defer = defer or {}  # data_ptr of a CPU storage the background thread copies -> its optimizer
+        self.deferred: list[tuple] = []  # (tensor, its storage, destination, its _version, optimizer)
         self.ids: dict[int, Any] = {}  # id(original container) -> its copy, as pickle's memo sees identity
         self.deep: dict[int, Any] = {}  # copy.deepcopy memo for other objects
         self.devices: set[torch.device] = set()  # devices with copies in flight (non_blocking)
@@ -149,7 +151,7 @@ class _Snapshot:
         if found is None or found[2] != t._version:  # (changed in place since the same-step snapshot: recopy)
             if key[1] in self.defer and t.device.type == "cpu" and storage.nbytes():
                 host = self._buffer(storage.nbytes())  # filled by the background thread (see module docstring)
-                self.deferred.append((t, storage, host, t._version))
+                self.deferred.append((t, storage, host, t._version, self.defer[key[1]]))
             else:
                 host = self._copy_storage(storage, t.device)
             found = (storage, host, t._version)
@@ -187,8 +189,7 @@ class _Snapshot:
 
 def _copy_bytes(source: Any, destination: Any) -> None:
     """Storage to storage, through uint8 tensors (a tensor ``copy_`` releases the GIL and was a little faster)."""
-    if source.nbytes():
-        torch.empty(0, dtype=torch.uint8).set_(destination).copy_(torch.empty(0, dtype=torch.uint8).set_(source))
+    torch.empty(0, dtype=torch.uint8).set_(destination).copy_(torch.empty(0, dtype=torch.uint8).set_(source))
 
 
 def _optimizer_state(optimizers: Any) -> dict[int, Any]:
@@ -198,39 +199,31 @@ def _optimizer_state(optimizers: Any) -> dict[int, Any]:
     params: set[int] = set()
     for opt in optimizers or ():
         opt = opt if isinstance(opt, torch.optim.Optimizer) else getattr(opt, "optimizer", None)
-        if not isinstance(opt, torch.optim.Optimizer):
-            continue
-        params.update(p.untyped_storage().data_ptr() for g in opt.param_groups for p in g["params"])
-        for state in opt.state.values():
-            values = state.values() if isinstance(state, dict) else (state,)
-            for v in values:
-                for t in v if isinstance(v, (list, tuple)) else (v,):
-                    if isinstance(t, torch.Tensor) and t.device.type == "cpu" and type(t) is torch.Tensor:
-                        out[t.untyped_storage().data_ptr()] = opt
+        if isinstance(opt, torch.optim.Optimizer):
+            params.update(p.untyped_storage().data_ptr() for g in opt.param_groups for p in g["params"])
+            values = [v for st in opt.state.values() for v in (st.values() if isinstance(st, dict) else [st])]
+            for t in (t for v in values for t in (v if isinstance(v, (list, tuple)) else [v])):
+                if type(t) is torch.Tensor and t.device.type == "cpu":
+                    out[t.untyped_storage().data_ptr()] = opt
     return {ptr: opt for ptr, opt in out.items() if ptr not in params}
 
 
 _WRITER_THREAD = threading.local()  # .active on the writers' background threads
 
 
-def _mark_writer_thread() -> None:
-    _WRITER_THREAD.active = True
-
-
 def _copy_deferred(records: list[tuple], step: int, before: Callable[[], None] | None) -> None:
     """The background thread, before serialising: the deferred copies, then the check that no source changed."""
     if before is not None:
         before()  # test seam: hold the copy
-    for _, source, destination, _ in records:
+    for _, source, destination, *_ in records:
         _copy_bytes(source, destination)
-    torn = sum(t._version != version for t, _, _, version in records)
+    torn = sum(t._version != version for t, _, _, version, _ in records)
     if torn:
         raise RuntimeError(
             f"raylit: the checkpoint of step {step} was not written: {torn} of {len(records)} optimizer state "
-            "tensor(s) were changed in place before the background copy of them was done. Only the optimizer's "
-            "step is expected to write its state between two steps (it waits for the copy). If your code changes "
-            "optimizer state in place, save synchronously: ModelCheckpoint(..., async_save=False) / "
-            "ResumeCheckpoint(..., async_save=False)."
+            "tensor(s) were changed in place before the background copy of them was done (only the optimizer's "
+            "step, which waits for the copy, is expected to write them). If your code changes optimizer state in "
+            "place, save synchronously: ModelCheckpoint/ResumeCheckpoint(..., async_save=False)."
         )
 
 
@@ -320,15 +313,13 @@ class AsyncCheckpointWriter:
         if self._job is None:
             self._job = _Job(step)
         job = self._job
-        owners = _optimizer_state(self._capturing_optimizers)
-        snap = _Snapshot(job.storages, self._pool, owners)
+        snap = _Snapshot(job.storages, self._pool, _optimizer_state(self._capturing_optimizers))
         data = snap.copy(obj)
         job.locations += snap.locations
         events = [torch.cuda.current_stream(d).record_event() for d in snap.devices]
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="raylit-checkpoint", initializer=_mark_writer_thread
-            )
+            mark = functools.partial(setattr, _WRITER_THREAD, "active", True)
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylit-checkpoint", initializer=mark)
         if snap.deferred:
             try:
                 job.copies.append(self._executor.submit(_copy_deferred, snap.deferred, step, self._before_copy))
@@ -336,10 +327,9 @@ class AsyncCheckpointWriter:
                 _copy_deferred(snap.deferred, step, None)
                 raise
             self.deferred += len(snap.deferred)
-            for t, *_ in snap.deferred:
-                opt = owners[t.untyped_storage().data_ptr()]
+            for *_, opt in snap.deferred:
                 if id(opt) not in job.hooks:
-                    job.hooks[id(opt)] = opt.register_step_pre_hook(lambda *_, job=job: self._await_copies(job))
+                    job.hooks[id(opt)] = opt.register_step_pre_hook(functools.partial(self._step_hook, job))
         job.writes.append((path, self._executor.submit(_write, data, path, events, list(job.copies))))
         self.submitted += 1
 
@@ -354,16 +344,14 @@ class AsyncCheckpointWriter:
             self._job.on_error.append(on_error)
 
     def poll(self) -> None:
-        """Finish a completed job without blocking: run its queued actions, or raise its write error. Removes
-        the step hooks once the deferred copies are done."""
-        job = self._job
-        if job is not None and job.hooks and all(f.done() for f in job.copies):
-            job.unhook()
-        if job is not None and job.done():
-            self._finish()
+        """Without blocking: remove the step hooks once copied; finish a written job (actions, or its error)."""
+        if self._job is not None and all(f.done() for f in self._job.copies):
+            self._job.unhook()
+            if self._job.done():
+                self._finish()
 
     def wait_copied(self) -> None:
-        """Block until the pending job's deferred copies are done (what the next optimizer step does first)."""
+        """Block until the pending job's deferred copies are done (what a step waits for before writing state)."""
         if self._job is not None:
             self._await_copies(self._job)
 
@@ -373,16 +361,31 @@ class AsyncCheckpointWriter:
             wait_futures(self._job.copies + [future for _, future in self._job.writes])  # errors: _finish
             self._finish()
 
+    def _step_hook(self, job: _Job, optimizer: Any, args: tuple, kwargs: dict) -> tuple | None:
+        """An optimizer's step pre-hook: the step waits for the deferred copies before it writes its state. torch's
+        own optimizers call the closure (forward and backward, under automatic optimization) before writing any
+        state, so theirs wait after the closure; any other step waits here, before it starts."""
+        closure = kwargs["closure"] if "closure" in kwargs else args[1] if len(args) > 1 else None
+        own_step = getattr(type(optimizer).step, "__module__", "").startswith("torch.optim.")
+        if closure is None or not own_step or all(f.done() for f in job.copies):
+            self._await_copies(job)
+            return None
+
+        def closure_then_wait() -> Any:
+            loss = closure()
+            self._await_copies(job)
+            return loss
+
+        return (args[:1] + args[2:] if "closure" not in kwargs else args), {**kwargs, "closure": closure_then_wait}
+
     def _await_copies(self, job: _Job) -> None:
-        """The optimizers' step pre-hook: wait for the deferred copies (never on a writer's own thread, which
-        would wait for itself). A failed copy is not raised here: it fails the job (``_finish``)."""
+        """Wait for the deferred copies (never on a writer's own thread: it would wait for itself). A failed copy
+        is not raised here: it fails the job (``_finish``)."""
         if getattr(_WRITER_THREAD, "active", False):
             return
-        pending = [f for f in job.copies if not f.done()]
-        if pending:
-            start = time.perf_counter()
-            wait_futures(pending)
-            self.blocked_in_step_s += time.perf_counter() - start
+        start = time.perf_counter()
+        wait_futures(job.copies)
+        self.blocked_in_step_s += time.perf_counter() - start
 
     def wait_after_exception(self, exc: BaseException) -> None:
         """``wait`` on a path that is already failing with ``exc``: a write error does not replace ``exc``; it
@@ -390,8 +393,6 @@ class AsyncCheckpointWriter:
         try:
             self.wait()
         except Exception as write_error:  # noqa: BLE001 - reported, the run's own exception propagates
-            import warnings
-
             message = f"raylit: a background checkpoint write failed too: {type(write_error).__name__}: {write_error}"
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             if hasattr(exc, "add_note"):

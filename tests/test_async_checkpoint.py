@@ -402,32 +402,51 @@ def test_the_next_optimizer_step_waits_for_the_deferred_copy(tmp_path):
     assert int(ckpt4["optimizer_states"][0]["state"][0]["step"]) == 4
 
 
-def test_a_step_on_another_thread_waits_and_the_hook_goes_after_the_copy(tmp_path):
+class _OwnStep(torch.optim.Adam):
+    """A step torch did not write: nothing is known about when it writes its state."""
+
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("kind", ["no closure", "closure", "own step"])
+def test_a_step_waits_for_the_copy_and_the_hook_goes_after_it(tmp_path, kind):
+    """Held background copy: a step on another thread does not write the state until the copy is done. torch's
+    optimizers run the closure (forward/backward) first and wait after it; an optimizer whose step is not
+    torch's waits before it starts."""
     lin = torch.nn.Linear(64, 32)
-    opt = torch.optim.Adam(lin.parameters())
+    opt = (_OwnStep if kind == "own step" else torch.optim.Adam)(lin.parameters())
     lin(torch.randn(4, 64)).sum().backward()
     opt.step()
     before = {k: v.clone() for k, v in opt.state[lin.weight].items()}
     weight = lin.weight.detach().clone()
-    release = threading.Event()
+    release, closure_ran = threading.Event(), threading.Event()
     writer = AsyncCheckpointWriter()
     writer._before_copy = lambda: release.wait(30)
     with writer.capture(1, [opt]):
         fs.save_torch({"w": lin.state_dict(), "opt": opt.state_dict()}, str(tmp_path / "a.ckpt"))
     assert writer.deferred == 6 and len(opt._optimizer_step_pre_hooks) == 1  # 2 parameters x (step, 2 moments)
-    step = threading.Thread(target=opt.step)
+
+    def closure():
+        closure_ran.set()
+        return torch.tensor(0.0)
+
+    step = threading.Thread(target=opt.step if kind == "no closure" else lambda: opt.step(closure))
     step.start()
+    if kind == "closure":
+        assert closure_ran.wait(30)  # the closure is not held back ...
     step.join(0.5)
-    assert step.is_alive() and torch.equal(lin.weight, weight)  # held by the hook
+    assert step.is_alive() and torch.equal(lin.weight, weight)  # ... the update is
+    assert closure_ran.is_set() == (kind == "closure")
     release.set()
     step.join(30)
     assert not step.is_alive() and not torch.equal(lin.weight, weight)
+    assert writer.blocked_in_step_s > 0.4
     writer.wait()
     assert not opt._optimizer_step_pre_hooks and not writer.pending
     saved = torch.load(tmp_path / "a.ckpt", weights_only=False)
     _tensors_equal(saved["opt"]["state"][0], before)
     assert torch.equal(saved["w"]["weight"], weight)
-    opt.step()  # no hook left: nothing waits
     writer.close()
 
 
