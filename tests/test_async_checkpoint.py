@@ -332,6 +332,8 @@ def _tensors_equal(a, b, where=""):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
             _tensors_equal(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
 
 
 def test_deferred_optimizer_state_is_that_of_the_saved_step(tmp_path):
