@@ -6,8 +6,10 @@ the last one. It is independent of ``ModelCheckpoint``: it never touches the use
 
 Files are written atomically and named ``resume-step=<global_step>.ckpt``; a file becomes the "latest" only
 once it is complete. They are written in a background thread (``raylit.async_checkpoint``; the step blocks
-only for a host copy of the state), and the oldest files are pruned only once the newer one is complete. ``latest_resume_checkpoint`` picks the newest one that loads, warning when it has to skip a
-corrupt or truncated newer file.
+only for a host copy of the weights, the optimizer state being copied in the background before the next
+optimizer step), and the oldest files are pruned only once the newer one is complete.
+``latest_resume_checkpoint`` picks the newest one that loads, warning when it has to skip a corrupt or
+truncated newer file.
 """
 
 import os
@@ -33,7 +35,8 @@ class ResumeCheckpoint(Callback):
         every_n_seconds: save when this much time has passed since the last save (None: no time cadence).
         keep: how many resume checkpoints to keep (the newest ones); at least 1.
         async_save: write in a background thread (default). ``fit`` returns once the writes are done; a failed
-            write raises at the next save or when ``fit`` ends. ``False``: write before training continues.
+            write raises at the next save or when ``fit`` ends. ``False``: write before training continues (needed
+            if your code changes optimizer state in place between steps).
     """
 
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int | None = None,
@@ -90,7 +93,7 @@ class ResumeCheckpoint(Callback):
         """Write the resume checkpoint of this step; returns its path. With ``async_save`` the file appears
         (and older ones are pruned) once the background write is complete."""
         path = fs.join(self.dirpath, f"resume-step={trainer.global_step}.ckpt")
-        with self._writer.capture(trainer.global_step):
+        with self._writer.capture(trainer.global_step, getattr(trainer, "optimizers", ())):
             trainer.save_checkpoint(path)
         if self._deadline is not None:
             self._deadline.restart()

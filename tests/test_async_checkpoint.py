@@ -119,6 +119,7 @@ def test_async_files_are_bitwise_the_sync_files(tmp_path):
         cb = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=3, save_top_k=-1, save_last=True, async_save=mode)
         _fit(tmp_path / "root", [cb])
         assert (cb._writer.submitted > 0) == mode  # the background path was taken (or not)
+        assert (cb._writer.deferred > 0) == mode  # Adam's state was copied in the background
         files[mode] = {p.name: p.read_bytes() for p in sorted(ckpt_dir.iterdir())}
         shutil.rmtree(ckpt_dir)
     assert list(files[True]) == list(files[False]) and len(files[True]) == 7  # steps 3..18, epoch ends, last
@@ -307,6 +308,171 @@ def test_writer_holds_one_step_at_a_time():
     finally:
         fs.write_torch = real
     assert order == ["a", "b", "c"] and writer.submitted == 3
+
+
+# --------------------------------------------------------------------------------------------------------------
+# deferred copy of optimizer state
+# --------------------------------------------------------------------------------------------------------------
+class _Optimizer(raylit.Callback):
+    """Keeps the (raw torch) optimizer of the fit."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.opt = trainer.optimizers[0]
+        assert isinstance(self.opt, torch.optim.Adam)
+
+
+def _tensors_equal(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k in a:
+            _tensors_equal(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _tensors_equal(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+def test_deferred_optimizer_state_is_that_of_the_saved_step(tmp_path):
+    """Adam's state is copied in the background, after the save returned: every file (ModelCheckpoint and
+    ResumeCheckpoint) still holds the weights and optimizer state of its own step, as a synchronous run's file."""
+    runs = {}
+    for mode in (False, True):
+        keep = _Optimizer()
+        cb = ModelCheckpoint(dirpath=tmp_path / f"c{mode}", every_n_train_steps=3, save_top_k=-1, async_save=mode)
+        rc = ResumeCheckpoint(dirpath=str(tmp_path / f"r{mode}"), every_n_train_steps=4, every_n_seconds=None,
+                              keep=10, async_save=mode)
+        _fit(tmp_path / "root", [keep, rc, cb])
+        if mode:
+            assert cb._writer.deferred > 0 and rc._writer.deferred > 0  # the deferred path was taken
+        assert not keep.opt._optimizer_step_pre_hooks  # no hook left once fit returned
+        runs[mode] = {
+            p.name: torch.load(p, weights_only=False)
+            for d in (f"c{mode}", f"r{mode}") for p in sorted((tmp_path / d).iterdir())
+        }
+    assert list(runs[True]) == list(runs[False]) and len(runs[True]) == 11  # 6 + epoch ends, 5 resume files
+    for name, sync in runs[False].items():
+        got = runs[True][name]
+        assert got["global_step"] == sync["global_step"]
+        _tensors_equal(got["state_dict"], sync["state_dict"], name)
+        _tensors_equal(got["optimizer_states"], sync["optimizer_states"], name)
+        assert int(got["optimizer_states"][0]["state"][0]["step"]) == got["global_step"], name
+
+
+def test_the_next_optimizer_step_waits_for_the_deferred_copy(tmp_path):
+    """The background copy of step 4's optimizer state is held (test seam) until training is at step 5's
+    optimizer step; while held (1 s) the step does not happen, and the file holds step 4's state."""
+    about_to_step, stepped = threading.Event(), threading.Event()
+    seen = {}
+
+    class Watch(_Optimizer):
+        def on_train_start(self, trainer, pl_module):
+            super().on_train_start(trainer, pl_module)
+
+            def before(opt, args, kwargs):  # registered before the writer's hook: runs first
+                if trainer.global_step == 4 and not about_to_step.is_set():
+                    seen["weight"] = pl_module.net[0].weight.detach().clone()
+                    seen["exp_avg"] = opt.state[pl_module.net[0].weight]["exp_avg"].clone()
+                    about_to_step.set()
+
+            self.opt.register_step_pre_hook(before)
+            self.opt.register_step_post_hook(lambda *_: stepped.set() if about_to_step.is_set() else None)
+            self.weight = pl_module.net[0].weight
+
+    def hold():  # on the background thread, before the deferred copy
+        if "held" in seen:
+            return
+        seen["held"] = True
+        assert about_to_step.wait(30)
+        seen["stepped_while_held"] = stepped.wait(1.0)  # the step must not run while the copy is pending
+        seen["weight_unchanged"] = torch.equal(watch.weight, seen["weight"])
+
+    watch = Watch()
+    cb = ModelCheckpoint(
+        dirpath=tmp_path / "c", filename="s{step}", every_n_train_steps=4, save_top_k=-1, auto_insert_metric_name=False
+    )
+    cb._writer._before_copy = hold
+    _fit(tmp_path, [watch, cb], epochs=1)
+    assert seen["stepped_while_held"] is False and seen["weight_unchanged"] is True
+    assert stepped.is_set() and cb._writer.blocked_in_step_s >= 0.5  # (1 s less the forward/backward)
+    ckpt4 = torch.load(tmp_path / "c" / "s4.ckpt", weights_only=False)
+    assert torch.equal(ckpt4["optimizer_states"][0]["state"][0]["exp_avg"], seen["exp_avg"])
+    assert torch.equal(ckpt4["state_dict"]["net.0.weight"], seen["weight"])
+    assert int(ckpt4["optimizer_states"][0]["state"][0]["step"]) == 4
+
+
+class _OwnStep(torch.optim.Adam):
+    """A step torch did not write: nothing is known about when it writes its state."""
+
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("kind", ["no closure", "closure", "own step"])
+def test_a_step_waits_for_the_copy_and_the_hook_goes_after_it(tmp_path, kind):
+    """Held background copy: a step on another thread does not write the state until the copy is done. torch's
+    optimizers run the closure (forward/backward) first and wait after it; an optimizer whose step is not
+    torch's waits before it starts."""
+    lin = torch.nn.Linear(64, 32)
+    opt = (_OwnStep if kind == "own step" else torch.optim.Adam)(lin.parameters())
+    lin(torch.randn(4, 64)).sum().backward()
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[lin.weight].items()}
+    weight = lin.weight.detach().clone()
+    release, closure_ran = threading.Event(), threading.Event()
+    writer = AsyncCheckpointWriter()
+    writer._before_copy = lambda: release.wait(30)
+    with writer.capture(1, [opt]):
+        fs.save_torch({"w": lin.state_dict(), "opt": opt.state_dict()}, str(tmp_path / "a.ckpt"))
+    assert writer.deferred == 6 and len(opt._optimizer_step_pre_hooks) == 1  # 2 parameters x (step, 2 moments)
+
+    def closure():
+        closure_ran.set()
+        return torch.tensor(0.0)
+
+    step = threading.Thread(target=opt.step if kind == "no closure" else lambda: opt.step(closure))
+    step.start()
+    if kind == "closure":
+        assert closure_ran.wait(30)  # the closure is not held back ...
+    step.join(0.5)
+    assert step.is_alive() and torch.equal(lin.weight, weight)  # ... the update is
+    assert closure_ran.is_set() == (kind == "closure")
+    release.set()
+    step.join(30)
+    assert not step.is_alive() and not torch.equal(lin.weight, weight)
+    assert writer.blocked_in_step_s > 0.1
+    writer.wait()
+    assert not opt._optimizer_step_pre_hooks and not writer.pending
+    saved = torch.load(tmp_path / "a.ckpt", weights_only=False)
+    _tensors_equal(saved["opt"]["state"][0], before)
+    assert torch.equal(saved["w"]["weight"], weight)
+    writer.close()
+
+
+def test_a_torn_snapshot_fails_the_job_and_is_never_published(tmp_path):
+    """Optimizer state changed in place (not by the hooked step) while its copy is pending: the file is not
+    written, the checkpoint does not count, and the error reaches the main thread."""
+    release = threading.Event()
+
+    class Tamper(_Optimizer):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 4 and not release.is_set():  # step 4's copy is held
+                next(iter(self.opt.state.values()))["exp_avg"].add_(1.0)
+                release.set()
+
+    cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=4, save_top_k=-1, save_last=True)
+    cb._writer._before_copy = lambda: release.wait(30)
+    tamper = Tamper()
+    with pytest.raises(RuntimeError, match="changed in place before the background copy") as info:
+        _fit(tmp_path, [tamper, cb])
+    assert "async_save=False" in str(info.value)
+    assert any("background write of checkpoint" in note for note in getattr(info.value, "__notes__", []))
+    assert not (tmp_path / "c").exists() or list((tmp_path / "c").iterdir()) == []
+    assert cb.best_model_path == "" and cb.last_model_path == "" and not cb.best_k_models
+    assert not tamper.opt._optimizer_step_pre_hooks
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class CheckpointFiles:
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         if getattr(self, "_before_step", None) != trainer.global_step:  # called directly (e.g. by a subclass)
             self._begin_save(trainer)
-        with self._writer.capture(trainer.global_step):
+        with self._writer.capture(trainer.global_step, getattr(trainer, "optimizers", ())):
             trainer.save_checkpoint(filepath, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath

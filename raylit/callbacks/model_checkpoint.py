@@ -50,10 +50,12 @@ class ModelCheckpoint(CheckpointFiles, Checkpoint):
             exactly once per epoch (``val_check_interval == 1.0 and check_val_every_n_epoch == 1``).
         enable_version_counter: append ``-v1``, ``-v2``... instead of overwriting an existing file.
         async_save: (raylit) write checkpoints in a background thread (``raylit.async_checkpoint``): the step
-            blocks only for a host copy of the state. A file counts once it is complete: until then
+            blocks only for a host copy of the weights (the optimizer state is copied in the background,
+            the next optimizer step waiting for that copy). A file counts once it is complete: until then
             ``best_model_path``, ``last_model_path``, ``best_k_models``, ... keep their previous values, the files
             it replaces are not deleted and loggers are not told. ``fit`` returns once every write is done; a
-            failed write raises at the next save or when ``fit`` ends. ``False``: write before returning.
+            failed write raises at the next save or when ``fit`` ends. ``False``: write before returning (needed
+            if your code changes optimizer state in place between steps).
 
     ``save_last`` follows Lightning 2.6 (PR #21244): ``last.ckpt`` is written only at a step where a top-k or
     periodic checkpoint was also saved (so with ``monitor`` it is the last *improving* checkpoint, not the
