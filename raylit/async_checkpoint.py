@@ -196,11 +196,12 @@ def _optimizer_state(optimizers: Any) -> dict[int, Any]:
     """data_ptr of each CPU storage in the state of ``optimizers`` (torch optimizers, or wrappers with an
     ``optimizer`` attribute) -> its optimizer; storages shared with a parameter are left out."""
     out: dict[int, Any] = {}
-    params: set[int] = set()
+    params: set[int] = set()  # (a DTensor parameter has no plain storage: FSDP's state is copied at once)
     for opt in optimizers or ():
         opt = opt if isinstance(opt, torch.optim.Optimizer) else getattr(opt, "optimizer", None)
         if isinstance(opt, torch.optim.Optimizer):
-            params.update(p.untyped_storage().data_ptr() for g in opt.param_groups for p in g["params"])
+            params.update(p.untyped_storage().data_ptr() for g in opt.param_groups for p in g["params"]
+                          if type(p) in (torch.Tensor, torch.nn.Parameter))
             values = [v for st in opt.state.values() for v in (st.values() if isinstance(st, dict) else [st])]
             for t in (t for v in values for t in (v if isinstance(v, (list, tuple)) else [v])):
                 if type(t) is torch.Tensor and t.device.type == "cpu":
@@ -265,8 +266,7 @@ class _Job:
 
 
 class AsyncCheckpointWriter:
-    """One background writer per checkpoint callback; see the module docstring. ``enabled=False`` makes
-    every save synchronous (``capture`` then does nothing)."""
+    """One background writer per checkpoint callback (module docstring); ``enabled=False``: synchronous saves."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
