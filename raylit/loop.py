@@ -27,7 +27,8 @@ from raylit.utilities.seed import isolate_rng, rng_state, set_rng_state
 # hooks of a training batch that the step skips outright when neither a callback nor the module overrides them
 _BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_zero_grad", "on_before_backward",
                 "on_after_backward", "on_before_optimizer_step")
-_OPTIM_PRE_HOOKS = sys.modules["torch.optim.optimizer"]._global_optimizer_pre_hooks  # torch's own dict
+# torch's own registry of global step pre-hooks (a torch without it: never call the closure before the step)
+_OPTIM_PRE_HOOKS = getattr(sys.modules["torch.optim.optimizer"], "_global_optimizer_pre_hooks", {None: None})
 _PROBE = (torch.zeros(()),)  # Precision.convert_input returns it unchanged when inputs are not converted
 
 
@@ -329,8 +330,8 @@ class Loop:
                     with runtime.no_sync(run.model):
                         closure()
             else:
-                if direct and self._eager and not (optimizer._optimizer_step_pre_hooks or _OPTIM_PRE_HOOKS or
-                                                   torch.autograd.profiler._is_profiler_enabled):
+                if direct and self._eager and not (getattr(optimizer, "_optimizer_step_pre_hooks", True) or
+                                                   _OPTIM_PRE_HOOKS or _profiling()):
                     closure()  # what the optimizer's step would do first
                     optimizer.step()
                 elif direct:
@@ -434,6 +435,10 @@ class Loop:
                     continue
             self.hooks.module_hook("lr_scheduler_step", cfg.scheduler, metric)
             st.scheduler_steps += 1
+
+def _profiling() -> bool:
+    return getattr(torch.autograd.profiler, "_is_profiler_enabled", True)
+
 
 def _do_nothing() -> None:
     return None

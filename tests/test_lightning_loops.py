@@ -487,3 +487,18 @@ def test_optimizer_step_order_and_weights_match_lightning(tmp_path, optimizer, h
         assert events == (pre + ["training_step", "on_before_optimizer_step", "post_hook"]) * 3
     assert events.count("training_step") > 3 if optimizer == "lbfgs" else True
     torch.testing.assert_close(weights, lightning_weights, rtol=0, atol=0)
+
+
+def test_under_torch_profiler_the_step_range_holds_forward_and_backward(tmp_path):
+    """With torch's profiler running, ``training_step`` runs inside the ``Optimizer.step#SGD.step`` range (the
+    closure is called by the step, as in Lightning), so a trace shows the same nesting under both."""
+    nested = {}
+    for name in ("pytorch_lightning", "raylit"):
+        pl = H.import_framework(name)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            _fit(pl, _trained(pl, train=8)(), tmp_path / name, limit_train_batches=3)
+        events = prof.events()
+        steps = [(e.time_range.start, e.time_range.end) for e in events if e.name == "Optimizer.step#SGD.step"]
+        forwards = [e.time_range.start for e in events if e.name == "aten::linear"]
+        nested[name] = (len(steps), sum(any(a <= t <= b for a, b in steps) for t in forwards))
+    assert nested["raylit"] == nested["pytorch_lightning"] == (3, 3)
