@@ -50,6 +50,7 @@ class Loop:
         self._elastic: Any = None  # the run's ElasticPlan (set per epoch in _cache_decisions)
         self._cpu_batches = False
         self._bare_step = False
+        self._eager: Any = None  # the optimizer whose closure may be called before its step (_cache_decisions)
 
     # --- shared pieces ----------------------------------------------------------------------------------
     def _transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -103,7 +104,8 @@ class Loop:
         self._wrapped_step = type(self.runtime).call_step is not Runtime.call_step  # through DDP's forward
         self._ts_idx = self._takes_idx("training_step")
         opt = self.run.optimizers[0] if self.run.optimizers else None  # torch's own optimizers call the closure
-        self._eager = type(opt).__module__.startswith("torch.optim.") and not isinstance(opt, torch.optim.LBFGS)
+        self._eager = opt if type(opt).__module__.startswith("torch.optim.") and not isinstance(
+            opt, torch.optim.LBFGS) else None  # once, first: calling it before the step is the same
         self._hooked = h = {name: hooks.overridden(name) for name in _BATCH_HOOKS}
         self._plain_backward = d["backward"] and precision.scaler is None and not (
             h["on_before_backward"] or h["on_after_backward"])
@@ -330,8 +332,9 @@ class Loop:
                     with runtime.no_sync(run.model):
                         closure()
             else:
-                if direct and self._eager and not (getattr(optimizer, "_optimizer_step_pre_hooks", True) or
-                                                   _OPTIM_PRE_HOOKS or _profiling()):
+                eager = direct and optimizer is self._eager
+                if eager and not (getattr(optimizer, "_optimizer_step_pre_hooks", True) or _OPTIM_PRE_HOOKS or
+                                  _profiling()):
                     closure()  # what the optimizer's step would do first
                     optimizer.step()
                 elif direct:
