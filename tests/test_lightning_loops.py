@@ -485,7 +485,8 @@ def test_optimizer_step_order_and_weights_match_lightning(tmp_path, optimizer, h
     if optimizer != "lbfgs":
         pre = ["pre_hook"] if hooked != "none" else []
         assert events == (pre + ["training_step", "on_before_optimizer_step", "post_hook"]) * 3
-    assert events.count("training_step") > 3 if optimizer == "lbfgs" else True
+    if optimizer == "lbfgs":
+        assert events.count("training_step") > 3  # LBFGS evaluates the closure more than once per step
     torch.testing.assert_close(weights, lightning_weights, rtol=0, atol=0)
 
 
